@@ -1,0 +1,369 @@
+"""Verbs on the model registry. Each write runs in one transaction and leaves an audit record."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from orgs.errors import Conflict, InvalidRequest, NotFound, PermissionDenied
+from orgs.models import Org
+from orgs.services import record_audit
+from registry import upstream
+from registry.cluster import get_cluster_registry
+from registry.models import AutoModel, ClusterGrant, HealthStatus, ModelAlias, RegistryModel
+from registry.resolve import Entry, cluster_entry, db_entry, names_taken_in_org, resolve_name
+from registry.schemas import (
+    API_FORMATS,
+    CLEARABLE_FIELDS,
+    REQUIRED_FIELDS,
+    ModelDefinition,
+    dump_definition,
+    parse_definition,
+)
+
+# ---------------------------------------------------------------------------------------------
+# Registry models
+
+
+def get_entry(org: Org, model_id: str) -> Entry:
+    """A registry model by id as the org sees it (404 for anything it cannot see)."""
+    model = RegistryModel.objects.for_org(org).filter(registry_id=model_id).first()
+    if model is not None:
+        return db_entry(model)
+    cluster_model = get_cluster_registry().models.get(model_id)
+    if cluster_model is not None and ClusterGrant.objects.filter(org=org, model_id=model_id).exists():
+        return cluster_entry(cluster_model)
+    raise NotFound(f"model {model_id!r} not found", param="id")
+
+
+def _check_names_free(org: Org, definition: dict[str, Any], *, exclude_pk: int | None = None) -> None:
+    names = [definition["id"], *(definition.get("aliases") or [])]
+    registry = get_cluster_registry()
+    clash = sorted(set(names) & registry.names())
+    if clash:
+        raise Conflict(
+            f"{clash[0]!r} is an operator (YAML) model id or alias; YAML models cannot be overridden",
+            param="id" if clash[0] == definition["id"] else "aliases",
+        )
+    taken = names_taken_in_org(org, names, exclude_pk=exclude_pk)
+    if taken:
+        raise Conflict(
+            f"{taken[0]!r} is already used by a model of this org",
+            param="id" if taken[0] == definition["id"] else "aliases",
+        )
+
+
+def _check_reroute_targets(org: Org, definition: dict[str, Any]) -> None:
+    for index, rule in enumerate(definition.get("rerouteRules") or []):
+        target = rule["targetModelId"]
+        entry = resolve_name(org, target)
+        if entry is None:
+            raise InvalidRequest(
+                f"rerouteRules[{index}].targetModelId: model {target!r} is not available to this org",
+                param=f"rerouteRules[{index}].targetModelId",
+            )
+        if entry.id == definition["id"]:
+            raise InvalidRequest(
+                f"rerouteRules[{index}].targetModelId: must not be the model itself",
+                param=f"rerouteRules[{index}].targetModelId",
+            )
+
+
+def _sync_aliases(model: RegistryModel, aliases: list[str]) -> None:
+    ModelAlias.objects.filter(model=model).exclude(alias__in=aliases).delete()
+    existing = set(ModelAlias.objects.filter(model=model).values_list("alias", flat=True))
+    ModelAlias.objects.bulk_create(
+        [ModelAlias(org=model.org, alias=a, model=model) for a in aliases if a not in existing]
+    )
+
+
+def add_model(org: Org, body: Any, *, actor: str) -> RegistryModel:
+    parsed: ModelDefinition = parse_definition(body)
+    definition = dump_definition(parsed)
+    _check_names_free(org, definition)
+    _check_reroute_targets(org, definition)
+    now = timezone.now()
+    model = RegistryModel(org=org, registry_id=definition["id"], created_at=now, updated_at=now)
+    model.set_definition(definition)
+    try:
+        with transaction.atomic():
+            model.save()
+            _sync_aliases(model, definition.get("aliases") or [])
+            record_audit(
+                org=org,
+                actor=actor,
+                action="model.added",
+                target=model.registry_id,
+                changes={"definition": model.definition},
+            )
+    except IntegrityError:
+        raise Conflict(f"model {definition['id']!r} already exists", param="id") from None
+    return model
+
+
+def _merge_patch(current: dict[str, Any], body: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    known = set(ModelDefinition.model_fields)
+    merged = dict(current)
+    changed: list[str] = []
+    for key, value in body.items():
+        if key == "id":
+            if value != current["id"]:
+                raise InvalidRequest("id: cannot be changed", param="id")
+            continue
+        if key not in known:
+            raise InvalidRequest(f"{key}: is not a known field", param=key)
+        if value is None:
+            if key in REQUIRED_FIELDS:
+                raise InvalidRequest(f"{key}: cannot be null", param=key)
+            if key in CLEARABLE_FIELDS and key in merged:
+                del merged[key]
+                changed.append(key)
+            continue
+        merged[key] = value
+        changed.append(key)
+    return merged, changed
+
+
+def update_model(org: Org, model_id: str, body: Any, *, actor: str) -> RegistryModel:
+    if not isinstance(body, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    with transaction.atomic():
+        model = (
+            RegistryModel.objects.for_org(org)
+            .select_for_update()
+            .select_related("org")
+            .filter(registry_id=model_id)
+            .first()
+        )
+        if model is None:
+            get_entry(org, model_id)  # 404 unless it is a visible YAML model
+            raise PermissionDenied(
+                f"model {model_id!r} comes from the operator's cluster registry and is immutable"
+            )
+        if not body:
+            return model
+        merged, changed = _merge_patch(model.full_definition(), body)
+        definition = dump_definition(parse_definition(merged))
+        _check_names_free(org, definition, exclude_pk=model.pk)
+        _check_reroute_targets(org, definition)
+        before = model.definition
+        model.set_definition(definition)
+        model.updated_at = timezone.now()
+        model.save()
+        _sync_aliases(model, definition.get("aliases") or [])
+        record_audit(
+            org=org,
+            actor=actor,
+            action="model.updated",
+            target=model.registry_id,
+            changes={
+                key: {"from": before.get(key), "to": model.definition.get(key)}
+                for key in sorted(set(changed))
+            },
+        )
+    return model
+
+
+def remove_model(org: Org, model_id: str, *, actor: str) -> None:
+    with transaction.atomic():
+        model = (
+            RegistryModel.objects.for_org(org).select_for_update().filter(registry_id=model_id).first()
+        )
+        if model is None:
+            get_entry(org, model_id)
+            raise PermissionDenied(
+                f"model {model_id!r} comes from the operator's cluster registry and is immutable"
+            )
+        names = {model.registry_id, *ModelAlias.objects.filter(model=model).values_list("alias", flat=True)}
+        cleared = list(
+            AutoModel.objects.filter(org=org, model_id__in=names).values_list("endpoint", flat=True)
+        )
+        AutoModel.objects.filter(org=org, model_id__in=names).delete()
+        HealthStatus.objects.filter(target=model.health_key).delete()
+        model.delete()
+        record_audit(
+            org=org,
+            actor=actor,
+            action="model.removed",
+            target=model_id,
+            changes={"auto_overrides_cleared": sorted(cleared)} if cleared else {},
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Health
+
+
+def health_map(keys: list[str]) -> dict[str, HealthStatus]:
+    return {h.target: h for h in HealthStatus.objects.filter(target__in=keys)}
+
+
+def probe_target(entry: Entry) -> tuple[str | None, str, int, dict[str, str]]:
+    """The URL, method, timeout and headers of a health probe for a model, from its definition."""
+    full = entry.full_definition()
+    base_url = full.get("baseUrl")
+    hc = full.get("healthCheck") or {}
+    method = hc.get("method") or "GET"
+    timeout_ms = hc.get("timeoutMs") or 5000
+    if "url" in hc:
+        url: str | None = hc["url"]
+    elif hc.get("path") and base_url:
+        url = upstream.join_health_url(base_url, hc["path"])
+    elif base_url:
+        url = upstream.join_health_url(base_url, "models")
+    else:
+        url = None
+    headers: dict[str, str] = {}
+    if url and base_url and upstream.same_origin(url, base_url):
+        headers = upstream.build_auth_headers(full["auth"])
+    return url, method, timeout_ms, headers
+
+
+def check_health(entry: Entry) -> upstream.ProbeResult:
+    """Probe a model now and store the result as its health."""
+    try:
+        url, method, timeout_ms, headers = probe_target(entry)
+    except upstream.UpstreamAuthError as exc:
+        result = upstream.ProbeResult(
+            is_available=False, checked_at_ms=upstream.now_ms(), error=str(exc), latency_ms=None,
+            status_code=None,
+        )
+    else:
+        if url is None:
+            result = upstream.ProbeResult(
+                is_available=False,
+                checked_at_ms=upstream.now_ms(),
+                error="nothing to probe: the model has no baseUrl or healthCheck url",
+                latency_ms=None,
+                status_code=None,
+            )
+        else:
+            result = upstream.probe(
+                url,
+                method=method,
+                timeout_ms=timeout_ms,
+                headers=headers,
+                trusted=entry.source == "yaml",
+            )
+    checked_at = datetime.fromtimestamp(result.checked_at_ms / 1000, tz=UTC)
+    HealthStatus.objects.update_or_create(
+        target=entry.health_key,
+        defaults={
+            "is_available": result.is_available,
+            "checked_at": checked_at,
+            "error": result.error,
+            "latency_ms": result.latency_ms,
+        },
+    )
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Grants
+
+
+def org_by_slug(slug: str) -> Org:
+    org = Org.objects.filter(slug=slug).first()
+    if org is None:
+        raise NotFound(f"org {slug!r} not found", param="orgId")
+    return org
+
+
+def list_grants(org: Org) -> list[ClusterGrant]:
+    ids = set(get_cluster_registry().models)
+    return [g for g in ClusterGrant.objects.filter(org=org) if g.model_id in ids]
+
+
+def put_grants(org: Org, model_ids: Any, *, actor: str) -> list[str]:
+    """Replace the org's grants with exactly these cluster models (idempotent)."""
+    if not isinstance(model_ids, list) or not all(isinstance(m, str) for m in model_ids):
+        raise InvalidRequest("modelIds: must be an array of model ids", param="modelIds")
+    wanted = set(model_ids)
+    registry = get_cluster_registry()
+    unknown = sorted(wanted - set(registry.models))
+    if unknown:
+        raise InvalidRequest(
+            f"modelIds: unknown cluster model id(s): {', '.join(unknown)}", param="modelIds"
+        )
+    with transaction.atomic():
+        # Lock the org row so that concurrent replacements serialise.
+        Org.objects.select_for_update().filter(pk=org.pk).first()
+        current = set(ClusterGrant.objects.filter(org=org).values_list("model_id", flat=True))
+        revoked = current - wanted
+        added = wanted - current
+        if revoked:
+            ClusterGrant.objects.filter(org=org, model_id__in=revoked).delete()
+            revoked_names = set(revoked)
+            for mid in revoked:
+                revoked_names.update(registry.models[mid].aliases if mid in registry.models else [])
+            AutoModel.objects.filter(org=org, model_id__in=revoked_names).delete()
+        ClusterGrant.objects.bulk_create(
+            [ClusterGrant(org=org, model_id=mid, granted_by=actor) for mid in sorted(added)]
+        )
+        if revoked or added:
+            record_audit(
+                org=org,
+                actor=actor,
+                action="grants.replaced",
+                target=org.slug,
+                changes={"granted": sorted(added), "revoked": sorted(revoked)},
+            )
+    return sorted(wanted)
+
+
+# ---------------------------------------------------------------------------------------------
+# Auto models
+
+
+def check_endpoint(endpoint: str) -> str:
+    if endpoint not in API_FORMATS:
+        raise NotFound(
+            f"unknown auto endpoint {endpoint!r}; use one of {', '.join(API_FORMATS)}",
+            param="endpoint",
+        )
+    return endpoint
+
+
+def set_auto_model(org: Org, endpoint: str, body: Any, *, actor: str) -> AutoModel:
+    check_endpoint(endpoint)
+    if not isinstance(body, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    extra = sorted(set(body) - {"modelId"})
+    if extra:
+        raise InvalidRequest(f"{extra[0]}: is not a known field", param=extra[0])
+    model_id = body.get("modelId")
+    if model_id is None:
+        raise InvalidRequest("modelId: is required", param="modelId")
+    if not isinstance(model_id, str) or not model_id:
+        raise InvalidRequest("modelId: must be a non-empty string", param="modelId")
+    if model_id == "auto":
+        raise InvalidRequest("modelId: cannot be 'auto'", param="modelId")
+    entry = resolve_name(org, model_id)
+    if entry is None:
+        raise InvalidRequest(f"modelId: model {model_id!r} not available to this org", param="modelId")
+    if entry.api_format != endpoint:
+        raise InvalidRequest(
+            f"modelId: model {entry.id!r} has apiFormat {entry.api_format!r}, not {endpoint!r}",
+            param="modelId",
+        )
+    with transaction.atomic():
+        auto, _ = AutoModel.objects.update_or_create(
+            org=org,
+            endpoint=endpoint,
+            defaults={"model_id": entry.id, "set_by": actor, "set_at": timezone.now()},
+        )
+        record_audit(
+            org=org, actor=actor, action="auto.set", target=endpoint, changes={"model_id": entry.id}
+        )
+    return auto
+
+
+def clear_auto_model(org: Org, endpoint: str, *, actor: str) -> None:
+    check_endpoint(endpoint)
+    with transaction.atomic():
+        deleted, _ = AutoModel.objects.filter(org=org, endpoint=endpoint).delete()
+        if deleted:
+            record_audit(org=org, actor=actor, action="auto.cleared", target=endpoint)

@@ -1,0 +1,180 @@
+"""Shared fixtures: personas, factories and a live ASGI server driven by the official clients.
+
+Personas: org A (`org-acme`) has an admin key (alice), a member key (bob) and a cluster-admin key
+(carol); org B (`org-globex`) has an admin key (dave); `revoked` is a revoked key of org A.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+
+from orgs.models import ApiKey, Org, Role
+from orgs.services import create_org, issue_api_key, revoke_api_key
+from registry.cluster import reset_cluster_registry
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SECRET = "sk-canary-5f1c2b7e-provider-secret"
+
+
+@pytest.fixture(autouse=True)
+def _cluster_registry(settings: Any) -> Iterator[None]:
+    settings.CLUSTER_REGISTRY_PATH = FIXTURES / "cluster_registry.yaml"
+    reset_cluster_registry()
+    yield
+    reset_cluster_registry()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _ThreadedServer(uvicorn.Server):
+    def install_signal_handlers(self) -> None:  # a thread cannot own signals
+        pass
+
+
+@pytest.fixture(scope="session")
+def live_url(django_db_setup: Any, django_db_blocker: Any) -> Iterator[str]:
+    """The project's ASGI application served by uvicorn on a free loopback port."""
+    from dashboard.asgi import application
+
+    port = free_port()
+    config = uvicorn.Config(
+        application, host="127.0.0.1", port=port, log_level="warning", lifespan="off"
+    )
+    server = _ThreadedServer(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the ASGI test server did not start")
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=5)
+
+
+@dataclass
+class Persona:
+    org: Org
+    key: ApiKey
+    token: str
+
+
+@dataclass
+class World:
+    org_a: Org
+    org_b: Org
+    alice: Persona  # org A admin
+    bob: Persona  # org A member
+    carol: Persona  # org A cluster admin (and org admin)
+    dave: Persona  # org B admin
+    revoked: Persona  # org A admin key, revoked
+
+
+def make_persona(org: Org, role: str = Role.MEMBER, cluster_admin: bool = False) -> Persona:
+    key, token = issue_api_key(org, role=role, cluster_admin=cluster_admin, name="test")
+    return Persona(org=org, key=key, token=token)
+
+
+@pytest.fixture
+def world(transactional_db: Any) -> World:
+    org_a = create_org("org-acme", "Acme")
+    org_b = create_org("org-globex", "Globex")
+    revoked = make_persona(org_a, Role.ADMIN)
+    revoke_api_key(revoked.key)
+    return World(
+        org_a=org_a,
+        org_b=org_b,
+        alice=make_persona(org_a, Role.ADMIN),
+        bob=make_persona(org_a, Role.MEMBER),
+        carol=make_persona(org_a, Role.ADMIN, cluster_admin=True),
+        dave=make_persona(org_b, Role.ADMIN),
+        revoked=revoked,
+    )
+
+
+def model_body(model_id: str = "acme:chat-1", **overrides: Any) -> dict[str, Any]:
+    """A valid add body in the camelCase wire form, with a canary secret."""
+    body: dict[str, Any] = {
+        "id": model_id,
+        "provider": "openai-compatible",
+        "modelId": "chat-1",
+        "apiFormat": "completions",
+        "apiProviderType": "openai",
+        "created": 1704067200,
+        "auth": {"type": "api-key", "value": SECRET},
+        "capabilities": {"modalities": {"input": ["text"], "output": ["text"]}, "reasoning": False},
+        "baseUrl": "https://models.example.com/v1",
+        "contextWindow": 8192,
+        "rpm": 60,
+    }
+    body.update(overrides)
+    return body
+
+
+@pytest.fixture
+def make_model() -> Callable[..., Any]:
+    """Create an org model through the service (not the API)."""
+    from registry.services import add_model
+
+    def make(org: Org, model_id: str = "acme:chat-1", **overrides: Any) -> Any:
+        return add_model(org, model_body(model_id, **overrides), actor="test")
+
+    return make
+
+
+@pytest.fixture
+def sdk_for(live_url: str) -> Iterator[Callable[..., Any]]:
+    """`sdk_for(persona_or_token)`: a meetkai-mka1 client for the live server, retries off."""
+    from meetkai_mka1 import SDK
+    from meetkai_mka1.utils import BackoffStrategy, RetryConfig
+
+    no_retry = RetryConfig("none", BackoffStrategy(0, 0, 1.0, 0), False)
+    clients: list[Any] = []
+
+    def make(who: Persona | str | None) -> Any:
+        token = who.token if isinstance(who, Persona) else who
+        client = SDK(bearer_auth=token, server_url=live_url, retry_config=no_retry)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def openai_for(live_url: str) -> Callable[..., Any]:
+    from openai import OpenAI
+
+    def make(who: Persona) -> Any:
+        return OpenAI(base_url=f"{live_url}/api/v1/llm", api_key=who.token, max_retries=0)
+
+    return make
+
+
+@pytest.fixture
+def http(live_url: str) -> Iterator[Any]:
+    """A raw httpx client against the live server, for requests the SDK cannot make."""
+    import httpx
+
+    with httpx.Client(base_url=live_url, timeout=10) as client:
+        yield client
+
+
+def auth(who: Persona | str) -> dict[str, str]:
+    token = who.token if isinstance(who, Persona) else who
+    return {"Authorization": f"Bearer {token}"}
