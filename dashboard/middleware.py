@@ -40,7 +40,10 @@ class ApiErrorMiddleware:
         if isinstance(exception, ServiceError):
             return error_response(exception)
         logger.error(
-            "unhandled %s on %s %s", type(exception).__name__, request.method, request.path,
+            "unhandled %s on %s %s",
+            type(exception).__name__,
+            request.method,
+            request.path,
             exc_info=exception,
         )
         return error_response(_InternalError("internal error; the request was not completed"))

@@ -57,9 +57,7 @@ def parse_on_behalf_of(request: HttpRequest) -> str | None:
     try:
         value = raw.encode("latin-1").decode("utf-8")
     except (UnicodeEncodeError, UnicodeDecodeError):
-        raise InvalidRequest(
-            "X-On-Behalf-Of must be valid UTF-8", param="X-On-Behalf-Of"
-        ) from None
+        raise InvalidRequest("X-On-Behalf-Of must be valid UTF-8", param="X-On-Behalf-Of") from None
     if not value.strip():
         raise InvalidRequest("X-On-Behalf-Of must not be empty", param="X-On-Behalf-Of")
     if len(value) > MAX_ON_BEHALF_OF:

@@ -32,7 +32,9 @@ class RawResponse(HttpResponse):
     """A handler may return a ready response (file content, streams) instead of JSON data."""
 
 
-def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> JsonResponse:
+def json_response(
+    data: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> JsonResponse:
     return JsonResponse(
         data,
         status=status,
@@ -126,7 +128,9 @@ def endpoint(**handlers: Handler) -> Callable[..., HttpResponse]:
     return view
 
 
-def async_endpoint(**handlers: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[HttpResponse]]:
+def async_endpoint(
+    **handlers: Callable[..., Awaitable[Any]],
+) -> Callable[..., Awaitable[HttpResponse]]:
     """The async twin of `endpoint`, for handlers that await upstream calls."""
     from asgiref.sync import sync_to_async
 

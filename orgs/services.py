@@ -13,7 +13,12 @@ from orgs.models import SLUG_RE, VISIBLE_PREFIX_LEN, ApiKey, AuditEvent, Org, Ro
 
 
 def record_audit(
-    *, org: Org | None, actor: str, action: str, target: str = "", changes: dict[str, Any] | None = None
+    *,
+    org: Org | None,
+    actor: str,
+    action: str,
+    target: str = "",
+    changes: dict[str, Any] | None = None,
 ) -> AuditEvent:
     """Add one audit row. Callers pass redacted values only: secrets never reach this table."""
     return AuditEvent.objects.create(
@@ -34,7 +39,9 @@ def create_org(slug: str, name: str, *, actor: str = "system") -> Org:
     try:
         with transaction.atomic():
             org = Org.objects.create(slug=slug, name=name or slug)
-            record_audit(org=org, actor=actor, action="org.created", target=slug, changes={"name": org.name})
+            record_audit(
+                org=org, actor=actor, action="org.created", target=slug, changes={"name": org.name}
+            )
     except IntegrityError:
         raise Conflict(f"org {slug!r} already exists", param="slug") from None
     return org

@@ -89,10 +89,14 @@ def parse_registry(text: str, path: Path) -> ClusterRegistry:
     except yaml.YAMLError as exc:
         raise ClusterRegistryError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
-        raise ClusterRegistryError(f"{path}: the top level must be a mapping with models: and auto:")
+        raise ClusterRegistryError(
+            f"{path}: the top level must be a mapping with models: and auto:"
+        )
     unknown = set(data) - {"models", "auto"}
     if unknown:
-        raise ClusterRegistryError(f"{path}: unknown top-level key(s): {', '.join(sorted(unknown))}")
+        raise ClusterRegistryError(
+            f"{path}: unknown top-level key(s): {', '.join(sorted(unknown))}"
+        )
     raw_models = data.get("models") or []
     if not isinstance(raw_models, list):
         raise ClusterRegistryError(f"{path}: models: must be a list of model definitions")
@@ -117,7 +121,9 @@ def parse_registry(text: str, path: Path) -> ClusterRegistry:
         models[model_id] = ClusterModel(id=model_id, definition=definition)
     clash = set(models) & set(aliases)
     if clash:
-        raise ClusterRegistryError(f"{path}: aliases clash with model ids: {', '.join(sorted(clash))}")
+        raise ClusterRegistryError(
+            f"{path}: aliases clash with model ids: {', '.join(sorted(clash))}"
+        )
 
     raw_auto = data.get("auto") or {}
     if not isinstance(raw_auto, dict):
@@ -178,7 +184,11 @@ class _Loader:
         with self._lock:
             self._checked_at = now
             signature = self._signature_of(path)
-            if self._registry is not None and self._registry.path == path and signature == self._signature:
+            if (
+                self._registry is not None
+                and self._registry.path == path
+                and signature == self._signature
+            ):
                 return self._registry
             try:
                 fresh = load_registry(path)
@@ -189,7 +199,9 @@ class _Loader:
                 self._signature = signature
                 return self._registry
             if self._registry is not None:
-                logger.info("cluster registry reloaded from %s (%d models)", path, len(fresh.models))
+                logger.info(
+                    "cluster registry reloaded from %s (%d models)", path, len(fresh.models)
+                )
             self._registry, self._signature = fresh, signature
             return fresh
 

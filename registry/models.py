@@ -44,7 +44,9 @@ class RegistryModel(models.Model):
     class Meta:
         ordering = ["registry_id"]
         constraints = [
-            models.UniqueConstraint(fields=["org", "registry_id"], name="uniq_registry_model_per_org")
+            models.UniqueConstraint(
+                fields=["org", "registry_id"], name="uniq_registry_model_per_org"
+            )
         ]
 
     def __str__(self) -> str:

@@ -88,9 +88,7 @@ def visible_entries(org: Org) -> list[Entry]:
     registry = get_cluster_registry()
     entries = [db_entry(m) for m in RegistryModel.objects.for_org(org)]
     own = {e.id for e in entries}
-    entries += [
-        cluster_entry(registry.models[mid]) for mid in granted_ids(org) if mid not in own
-    ]
+    entries += [cluster_entry(registry.models[mid]) for mid in granted_ids(org) if mid not in own]
     entries.sort(key=lambda e: e.id)
     return entries
 
@@ -102,7 +100,11 @@ def find_db_model(org: Org, name: str, *, for_update: bool = False) -> RegistryM
         qs = qs.select_for_update()
     model = qs.filter(registry_id=name).first()
     if model is None:
-        alias = ModelAlias.objects.filter(org=org, alias=name).values_list("model_id", flat=True).first()
+        alias = (
+            ModelAlias.objects.filter(org=org, alias=name)
+            .values_list("model_id", flat=True)
+            .first()
+        )
         if alias is not None:
             model = qs.filter(pk=alias).first()
     return model
@@ -114,9 +116,10 @@ def resolve_name(org: Org, name: str) -> Entry | None:
     if model is not None:
         return db_entry(model)
     cluster_model = get_cluster_registry().get(name)
-    if cluster_model is not None and ClusterGrant.objects.filter(
-        org=org, model_id=cluster_model.id
-    ).exists():
+    if (
+        cluster_model is not None
+        and ClusterGrant.objects.filter(org=org, model_id=cluster_model.id).exists()
+    ):
         return cluster_entry(cluster_model)
     return None
 

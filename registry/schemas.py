@@ -394,7 +394,9 @@ class ModelDefinition(Strict):
             raise ValueError("aliases must not repeat the model's own id")
         for index, rule in enumerate(self.rerouteRules or []):
             if rule.targetModelId == self.id or rule.targetModelId in (self.aliases or []):
-                raise ValueError(f"rerouteRules[{index}].targetModelId must not be the model itself")
+                raise ValueError(
+                    f"rerouteRules[{index}].targetModelId must not be the model itself"
+                )
         hc = self.healthCheck
         if isinstance(hc, HealthPreflight | HealthPeriodic) and not self.baseUrl:
             raise ValueError("healthCheck with a path needs baseUrl")
@@ -556,7 +558,7 @@ def redact_auth(auth: dict[str, Any]) -> dict[str, Any]:
     if kind == "api-key" and "value" in auth:
         out["value"] = SECRET_MARKER
     elif kind == "custom-headers":
-        out["headers"] = {name: SECRET_MARKER for name in (auth.get("headers") or {})}
+        out["headers"] = dict.fromkeys(auth.get("headers") or {}, SECRET_MARKER)
     elif kind == "composite":
         out["strategies"] = [redact_auth(s) for s in auth.get("strategies") or []]
     return out

@@ -34,12 +34,17 @@ def get_entry(org: Org, model_id: str) -> Entry:
     if model is not None:
         return db_entry(model)
     cluster_model = get_cluster_registry().models.get(model_id)
-    if cluster_model is not None and ClusterGrant.objects.filter(org=org, model_id=model_id).exists():
+    if (
+        cluster_model is not None
+        and ClusterGrant.objects.filter(org=org, model_id=model_id).exists()
+    ):
         return cluster_entry(cluster_model)
     raise NotFound(f"model {model_id!r} not found", param="id")
 
 
-def _check_names_free(org: Org, definition: dict[str, Any], *, exclude_pk: int | None = None) -> None:
+def _check_names_free(
+    org: Org, definition: dict[str, Any], *, exclude_pk: int | None = None
+) -> None:
     names = [definition["id"], *(definition.get("aliases") or [])]
     registry = get_cluster_registry()
     clash = sorted(set(names) & registry.names())
@@ -72,6 +77,23 @@ def _check_reroute_targets(org: Org, definition: dict[str, Any]) -> None:
             )
 
 
+def _check_targets(definition: dict[str, Any]) -> None:
+    """Org models may not point at private, loopback or link-local addresses (unless allowed)."""
+    from django.conf import settings
+
+    urls = [("baseUrl", definition.get("baseUrl"))]
+    urls.append(("healthCheck.url", (definition.get("healthCheck") or {}).get("url")))
+    for field, url in urls:
+        if not url:
+            continue
+        try:
+            upstream.check_static_target(
+                url, allowed_networks=settings.UPSTREAM_ALLOWED_NETWORKS, field=field
+            )
+        except upstream.UpstreamURLError as exc:
+            raise InvalidRequest(str(exc), param=field) from None
+
+
 def _sync_aliases(model: RegistryModel, aliases: list[str]) -> None:
     ModelAlias.objects.filter(model=model).exclude(alias__in=aliases).delete()
     existing = set(ModelAlias.objects.filter(model=model).values_list("alias", flat=True))
@@ -83,6 +105,7 @@ def _sync_aliases(model: RegistryModel, aliases: list[str]) -> None:
 def add_model(org: Org, body: Any, *, actor: str) -> RegistryModel:
     parsed: ModelDefinition = parse_definition(body)
     definition = dump_definition(parsed)
+    _check_targets(definition)
     _check_names_free(org, definition)
     _check_reroute_targets(org, definition)
     now = timezone.now()
@@ -147,6 +170,7 @@ def update_model(org: Org, model_id: str, body: Any, *, actor: str) -> RegistryM
             return model
         merged, changed = _merge_patch(model.full_definition(), body)
         definition = dump_definition(parse_definition(merged))
+        _check_targets(definition)
         _check_names_free(org, definition, exclude_pk=model.pk)
         _check_reroute_targets(org, definition)
         before = model.definition
@@ -170,14 +194,20 @@ def update_model(org: Org, model_id: str, body: Any, *, actor: str) -> RegistryM
 def remove_model(org: Org, model_id: str, *, actor: str) -> None:
     with transaction.atomic():
         model = (
-            RegistryModel.objects.for_org(org).select_for_update().filter(registry_id=model_id).first()
+            RegistryModel.objects.for_org(org)
+            .select_for_update()
+            .filter(registry_id=model_id)
+            .first()
         )
         if model is None:
             get_entry(org, model_id)
             raise PermissionDenied(
                 f"model {model_id!r} comes from the operator's cluster registry and is immutable"
             )
-        names = {model.registry_id, *ModelAlias.objects.filter(model=model).values_list("alias", flat=True)}
+        names = {
+            model.registry_id,
+            *ModelAlias.objects.filter(model=model).values_list("alias", flat=True),
+        }
         cleared = list(
             AutoModel.objects.filter(org=org, model_id__in=names).values_list("endpoint", flat=True)
         )
@@ -228,7 +258,10 @@ def check_health(entry: Entry) -> upstream.ProbeResult:
         url, method, timeout_ms, headers = probe_target(entry)
     except upstream.UpstreamAuthError as exc:
         result = upstream.ProbeResult(
-            is_available=False, checked_at_ms=upstream.now_ms(), error=str(exc), latency_ms=None,
+            is_available=False,
+            checked_at_ms=upstream.now_ms(),
+            error=str(exc),
+            latency_ms=None,
             status_code=None,
         )
     else:
@@ -343,7 +376,9 @@ def set_auto_model(org: Org, endpoint: str, body: Any, *, actor: str) -> AutoMod
         raise InvalidRequest("modelId: cannot be 'auto'", param="modelId")
     entry = resolve_name(org, model_id)
     if entry is None:
-        raise InvalidRequest(f"modelId: model {model_id!r} not available to this org", param="modelId")
+        raise InvalidRequest(
+            f"modelId: model {model_id!r} not available to this org", param="modelId"
+        )
     if entry.api_format != endpoint:
         raise InvalidRequest(
             f"modelId: model {entry.id!r} has apiFormat {entry.api_format!r}, not {endpoint!r}",

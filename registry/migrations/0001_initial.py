@@ -6,95 +6,164 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('orgs', '0001_initial'),
+        ("orgs", "0001_initial"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='HealthStatus',
+            name="HealthStatus",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('target', models.CharField(max_length=220, unique=True)),
-                ('is_available', models.BooleanField(default=True)),
-                ('checked_at', models.DateTimeField(blank=True, null=True)),
-                ('error', models.TextField(blank=True, null=True)),
-                ('latency_ms', models.PositiveIntegerField(blank=True, null=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("target", models.CharField(max_length=220, unique=True)),
+                ("is_available", models.BooleanField(default=True)),
+                ("checked_at", models.DateTimeField(blank=True, null=True)),
+                ("error", models.TextField(blank=True, null=True)),
+                ("latency_ms", models.PositiveIntegerField(blank=True, null=True)),
             ],
             options={
-                'verbose_name_plural': 'health statuses',
+                "verbose_name_plural": "health statuses",
             },
         ),
         migrations.CreateModel(
-            name='RegistryModel',
+            name="RegistryModel",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('registry_id', models.CharField(help_text='The id clients call the model by.', max_length=200)),
-                ('provider', models.CharField(max_length=200)),
-                ('upstream_model', models.CharField(help_text="modelId: the upstream's name.", max_length=200)),
-                ('api_format', models.CharField(db_index=True, max_length=32)),
-                ('display_name', models.CharField(blank=True, max_length=200)),
-                ('base_url', models.CharField(blank=True, max_length=2000)),
-                ('context_window', models.PositiveBigIntegerField(blank=True, null=True)),
-                ('rpm', models.PositiveBigIntegerField(blank=True, null=True)),
-                ('hidden', models.BooleanField(default=False)),
-                ('definition', models.JSONField()),
-                ('auth_ciphertext', models.TextField()),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('updated_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('org', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='registry_models', to='orgs.org')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "registry_id",
+                    models.CharField(help_text="The id clients call the model by.", max_length=200),
+                ),
+                ("provider", models.CharField(max_length=200)),
+                (
+                    "upstream_model",
+                    models.CharField(help_text="modelId: the upstream's name.", max_length=200),
+                ),
+                ("api_format", models.CharField(db_index=True, max_length=32)),
+                ("display_name", models.CharField(blank=True, max_length=200)),
+                ("base_url", models.CharField(blank=True, max_length=2000)),
+                ("context_window", models.PositiveBigIntegerField(blank=True, null=True)),
+                ("rpm", models.PositiveBigIntegerField(blank=True, null=True)),
+                ("hidden", models.BooleanField(default=False)),
+                ("definition", models.JSONField()),
+                ("auth_ciphertext", models.TextField()),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("updated_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "org",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="registry_models",
+                        to="orgs.org",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['registry_id'],
+                "ordering": ["registry_id"],
             },
         ),
         migrations.CreateModel(
-            name='ModelAlias',
+            name="ModelAlias",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('alias', models.CharField(max_length=200)),
-                ('org', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='orgs.org')),
-                ('model', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='alias_rows', to='registry.registrymodel')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("alias", models.CharField(max_length=200)),
+                (
+                    "org",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="+", to="orgs.org"
+                    ),
+                ),
+                (
+                    "model",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="alias_rows",
+                        to="registry.registrymodel",
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='AutoModel',
+            name="AutoModel",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('endpoint', models.CharField(max_length=32)),
-                ('model_id', models.CharField(max_length=200)),
-                ('set_by', models.CharField(max_length=300)),
-                ('set_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('org', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='auto_models', to='orgs.org')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("endpoint", models.CharField(max_length=32)),
+                ("model_id", models.CharField(max_length=200)),
+                ("set_by", models.CharField(max_length=300)),
+                ("set_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "org",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="auto_models",
+                        to="orgs.org",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['endpoint'],
-                'constraints': [models.UniqueConstraint(fields=('org', 'endpoint'), name='uniq_auto_model')],
+                "ordering": ["endpoint"],
+                "constraints": [
+                    models.UniqueConstraint(fields=("org", "endpoint"), name="uniq_auto_model")
+                ],
             },
         ),
         migrations.CreateModel(
-            name='ClusterGrant',
+            name="ClusterGrant",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('model_id', models.CharField(max_length=200)),
-                ('granted_by', models.CharField(max_length=300)),
-                ('granted_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('org', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='cluster_grants', to='orgs.org')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("model_id", models.CharField(max_length=200)),
+                ("granted_by", models.CharField(max_length=300)),
+                ("granted_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "org",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="cluster_grants",
+                        to="orgs.org",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['model_id'],
-                'constraints': [models.UniqueConstraint(fields=('org', 'model_id'), name='uniq_grant')],
+                "ordering": ["model_id"],
+                "constraints": [
+                    models.UniqueConstraint(fields=("org", "model_id"), name="uniq_grant")
+                ],
             },
         ),
         migrations.AddConstraint(
-            model_name='registrymodel',
-            constraint=models.UniqueConstraint(fields=('org', 'registry_id'), name='uniq_registry_model_per_org'),
+            model_name="registrymodel",
+            constraint=models.UniqueConstraint(
+                fields=("org", "registry_id"), name="uniq_registry_model_per_org"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='modelalias',
-            constraint=models.UniqueConstraint(fields=('org', 'alias'), name='uniq_alias_per_org'),
+            model_name="modelalias",
+            constraint=models.UniqueConstraint(fields=("org", "alias"), name="uniq_alias_per_org"),
         ),
     ]

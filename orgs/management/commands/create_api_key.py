@@ -36,5 +36,7 @@ class Command(BaseCommand):
         except ServiceError as exc:
             raise CommandError(exc.message) from None
         flags = " cluster-admin" if key.cluster_admin else ""
-        self.stdout.write(f"issued {key.role}{flags} key {key.prefix}… for {org.slug}; store it now:")
+        self.stdout.write(
+            f"issued {key.role}{flags} key {key.prefix}… for {org.slug}; store it now:"
+        )
         self.stdout.write(raw)

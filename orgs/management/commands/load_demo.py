@@ -56,7 +56,9 @@ class Command(BaseCommand):
             if user is None or "password" not in creds:
                 creds["password"] = secrets.token_urlsafe(12)
                 if user is None:
-                    user = users.objects.create_superuser("admin", "admin@example.com", creds["password"])
+                    user = users.objects.create_superuser(
+                        "admin", "admin@example.com", creds["password"]
+                    )
                 else:
                     user.set_password(creds["password"])
                     user.save()
@@ -69,7 +71,11 @@ class Command(BaseCommand):
                     demo, role=Role.MEMBER, name="demo member", actor="demo"
                 )
             put_grants(demo, sorted(get_cluster_registry().models), actor="demo")
-            if not RegistryModel.objects.for_org(demo).filter(registry_id=DEMO_MODEL["id"]).exists():
+            if (
+                not RegistryModel.objects.for_org(demo)
+                .filter(registry_id=DEMO_MODEL["id"])
+                .exists()
+            ):
                 add_model(demo, DEMO_MODEL, actor="demo")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(creds, indent=2))
