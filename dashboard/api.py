@@ -9,7 +9,8 @@ from django.shortcuts import render
 from django.urls import path, re_path
 
 from dashboard.middleware import _InternalError
-from orgs.jsonapi import endpoint, error_response, not_found
+from gateway import api as gateway
+from orgs.jsonapi import async_endpoint, endpoint, error_response, not_found
 from registry import api as registry
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,8 @@ urlpatterns = [
         endpoint(PUT=registry.put_auto_model, DELETE=registry.delete_auto_model),
     ),
     path("models/<path:model_id>", endpoint(GET=registry.get_model)),
+    path("chat/completions", async_endpoint(POST=gateway.chat_completions)),
+    path("chat/completions/stream", async_endpoint(POST=gateway.chat_completions_stream)),
     re_path(r"^.*$", not_found),
 ]
 

@@ -91,6 +91,7 @@ INSTALLED_APPS = [
     "template_partials",
     "orgs",
     "registry",
+    "gateway",
     "dashboard",
 ]
 

@@ -118,3 +118,12 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.actor} {self.action} {self.target}"
+
+
+class ConfigGeneration(models.Model):
+    """One row: a counter bumped after every config write (used when Redis is not configured)."""
+
+    value = models.BigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"generation {self.value}"

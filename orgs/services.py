@@ -8,6 +8,7 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from orgs import generation
 from orgs.errors import Conflict, InvalidRequest, NotFound
 from orgs.models import SLUG_RE, VISIBLE_PREFIX_LEN, ApiKey, AuditEvent, Org, Role, hash_key
 
@@ -20,7 +21,11 @@ def record_audit(
     target: str = "",
     changes: dict[str, Any] | None = None,
 ) -> AuditEvent:
-    """Add one audit row. Callers pass redacted values only: secrets never reach this table."""
+    """Add one audit row. Callers pass redacted values only: secrets never reach this table.
+
+    Every audited write may change what the hot path answers, so it also moves the config
+    generation (after commit)."""
+    generation.bump()
     return AuditEvent.objects.create(
         org=org,
         org_slug=org.slug if org else "",

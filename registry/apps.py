@@ -13,3 +13,16 @@ class RegistryConfig(AppConfig):
         from registry.cluster import get_cluster_registry
 
         get_cluster_registry()
+
+        from django.db.models.signals import post_delete, post_save
+
+        from orgs import generation
+        from registry.models import AutoModel, ClusterGrant, ModelAlias, RegistryModel
+
+        def bump(**kwargs: object) -> None:
+            generation.bump()
+
+        # Writes that bypass the services (the Django admin) still invalidate hot-path caches.
+        for model in (RegistryModel, ModelAlias, ClusterGrant, AutoModel):
+            post_save.connect(bump, sender=model, dispatch_uid=f"gen-save-{model.__name__}")
+            post_delete.connect(bump, sender=model, dispatch_uid=f"gen-del-{model.__name__}")

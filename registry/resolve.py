@@ -134,3 +134,121 @@ def names_taken_in_org(org: Org, names: list[str], *, exclude_pk: int | None = N
     taken = set(models.values_list("registry_id", flat=True))
     taken |= set(aliases.values_list("alias", flat=True))
     return sorted(taken)
+
+
+# ---------------------------------------------------------------------------------------------
+# Routes: what the gateway needs to call a model
+
+
+@dataclass(frozen=True)
+class Route:
+    """Everything needed to call one model for one org. Holds real secrets: never serialise."""
+
+    model_id: str  # the resolved registry id, reported to clients as `model`
+    source: str
+    api_format: str
+    upstream_model: str
+    base_url: str | None
+    auth: dict[str, Any]
+    trusted: bool
+    definition: dict[str, Any]  # redacted
+    health_key: str
+    via_auto: bool = False
+
+    @property
+    def rpm(self) -> int | None:
+        return self.definition.get("rpm")
+
+    @property
+    def rate_limits(self) -> list[dict[str, Any]]:
+        return self.definition.get("rateLimits") or []
+
+    @property
+    def context_window(self) -> int | None:
+        return self.definition.get("contextWindow")
+
+    @property
+    def default_params(self) -> dict[str, Any]:
+        return self.definition.get("defaultParams") or {}
+
+    @property
+    def reroute_rules(self) -> list[dict[str, Any]]:
+        return self.definition.get("rerouteRules") or []
+
+    @property
+    def capabilities(self) -> dict[str, Any]:
+        return self.definition.get("capabilities") or {}
+
+    @property
+    def health_check(self) -> dict[str, Any] | None:
+        return self.definition.get("healthCheck")
+
+
+def route_for(entry: Entry, *, via_auto: bool = False) -> Route:
+    full = entry.full_definition()
+    return Route(
+        model_id=entry.id,
+        source=entry.source,
+        api_format=full["apiFormat"],
+        upstream_model=full["modelId"],
+        base_url=full.get("baseUrl"),
+        auth=full["auth"],
+        trusted=entry.source == "yaml",
+        definition=entry.definition,
+        health_key=entry.health_key,
+        via_auto=via_auto,
+    )
+
+
+class RouteError(Exception):
+    """Resolution failed; `kind` is "not_found" or "invalid"."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+def resolve_route(org: Org, name: str, endpoint: str = "completions") -> Route:
+    """A model id, alias or "auto" (for `endpoint`) → the route for this org, or RouteError."""
+    if name == "auto":
+        from registry.models import AutoModel
+
+        override = (
+            AutoModel.objects.filter(org=org, endpoint=endpoint)
+            .values_list("model_id", flat=True)
+            .first()
+        )
+        target = override or get_cluster_registry().auto.get(endpoint)
+        if target is None:
+            raise RouteError("invalid", f"no auto model is configured for {endpoint}")
+        entry = resolve_name(org, target)
+        if entry is None:
+            raise RouteError(
+                "invalid", f"the auto model for {endpoint} ({target}) is not available to this org"
+            )
+        return route_for(entry, via_auto=True)
+    entry = resolve_name(org, name)
+    if entry is None:
+        raise RouteError("not_found", f"model {name!r} not found")
+    return route_for(entry)
+
+
+async def aresolve_route(org: Org, name: str, endpoint: str = "completions") -> Route:
+    """`resolve_route` cached in process until the config generation moves (the caller has
+    synced `orgs.hotcache` for this request) or the operator YAML is reloaded."""
+    from asgiref.sync import sync_to_async
+
+    from orgs import hotcache
+
+    key = (org.pk, name, endpoint, id(get_cluster_registry()))
+    cached = hotcache.get("route", key)
+    if cached is hotcache.MISSING:
+        try:
+            cached = await sync_to_async(resolve_route, thread_sensitive=False)(org, name, endpoint)
+        except RouteError as exc:
+            cached = exc
+        hotcache.put("route", key, cached)
+    if isinstance(cached, RouteError):
+        raise cached
+    return cached

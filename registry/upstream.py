@@ -28,6 +28,7 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
+import httpcore
 import httpx
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -603,8 +604,6 @@ def build_auth_headers(
 _client_lock = threading.Lock()
 _sync_client: httpx.Client | None = None
 _sync_client_pid: int | None = None
-_async_client: httpx.AsyncClient | None = None
-_async_client_pid: int | None = None
 
 
 def _get_sync_client() -> httpx.Client:
@@ -625,29 +624,119 @@ def _get_sync_client() -> httpx.Client:
         return _sync_client
 
 
-def get_async_client() -> httpx.AsyncClient:
-    """One shared ``httpx.AsyncClient`` per process for the gateway's upstream calls.
+class _NeedsDNS(Exception):
+    pass
 
-    Redirects are not followed and proxy environment variables are ignored (a proxy would
-    resolve names itself and defeat IP pinning). Timeouts come from
-    ``settings.UPSTREAM_CONNECT_TIMEOUT`` / ``UPSTREAM_READ_TIMEOUT`` (seconds). The client
-    belongs to the event loop that first uses it for I/O; a forked child gets a new one.
+
+def _no_resolver(host: str, port: int) -> list[Any]:
+    raise _NeedsDNS
+
+
+class _GuardedBackend(httpcore.AsyncNetworkBackend):
+    """Resolves at connect time and connects only to an address that passes the SSRF rules, so
+    a name that changes its answer after it was checked (DNS rebinding) cannot reach inside.
+    URLs keep their host names: TLS SNI, certificates and connection pooling stay per host."""
+
+    def __init__(self) -> None:
+        self._inner = httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore.AsyncNetworkStream:
+        import asyncio
+
+        from django.conf import settings
+
+        allowed = list(settings.UPSTREAM_ALLOWED_NETWORKS)
+        try:
+            try:
+                addresses = resolve_and_check(
+                    host, port, trusted=False, allowed_networks=allowed, resolver=_no_resolver
+                )
+            except _NeedsDNS:
+                loop = asyncio.get_running_loop()
+                try:
+                    infos = await asyncio.wait_for(
+                        loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), timeout or 5.0
+                    )
+                except (OSError, TimeoutError):
+                    raise httpcore.ConnectError(f"could not resolve host {host}") from None
+                addresses = resolve_and_check(
+                    host, port, trusted=False, allowed_networks=allowed, resolver=lambda h, p: infos
+                )
+        except UpstreamURLError as exc:
+            raise httpcore.ConnectError(f"blocked: {exc.reason}") from None
+        last: Exception | None = None
+        for address in addresses:
+            try:
+                return await self._inner.connect_tcp(
+                    address,
+                    port,
+                    timeout=timeout,
+                    local_address=local_address,
+                    socket_options=socket_options,
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                last = exc
+        assert last is not None
+        raise last
+
+    async def connect_unix_socket(self, *args: Any, **kwargs: Any) -> httpcore.AsyncNetworkStream:
+        raise httpcore.ConnectError("blocked: unix sockets are not allowed")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+class _GuardedTransport(httpx.AsyncHTTPTransport):
+    def __init__(self, *, limits: httpx.Limits) -> None:
+        super().__init__(limits=limits, trust_env=False)
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=self._pool._ssl_context,
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            network_backend=_GuardedBackend(),
+        )
+
+
+_async_clients: dict[tuple[int, int, bool], httpx.AsyncClient] = {}
+
+
+def get_async_client(*, trusted: bool = True) -> httpx.AsyncClient:
+    """The shared ``httpx.AsyncClient`` for upstream calls (one per process and event loop).
+
+    ``trusted=False`` (org-registered models) connects only to addresses that pass the SSRF
+    rules, checked after DNS resolution at every new connection. Redirects are never followed
+    and proxy environment variables are ignored. Timeouts come from
+    ``settings.UPSTREAM_CONNECT_TIMEOUT`` / ``UPSTREAM_READ_TIMEOUT`` (seconds).
     """
-    global _async_client, _async_client_pid
+    import asyncio
+
     from django.conf import settings
 
-    with _client_lock:
-        if _async_client is None or _async_client_pid != os.getpid():
-            connect = float(getattr(settings, "UPSTREAM_CONNECT_TIMEOUT", 5.0))
-            read = float(getattr(settings, "UPSTREAM_READ_TIMEOUT", 120.0))
-            _async_client = httpx.AsyncClient(
-                follow_redirects=False,
-                trust_env=False,
-                timeout=httpx.Timeout(read, connect=connect, pool=connect),
-                limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
-            )
-            _async_client_pid = os.getpid()
-        return _async_client
+    key = (os.getpid(), id(asyncio.get_running_loop()), trusted)
+    client = _async_clients.get(key)
+    if client is None:
+        connect = float(getattr(settings, "UPSTREAM_CONNECT_TIMEOUT", 5.0))
+        read = float(getattr(settings, "UPSTREAM_READ_TIMEOUT", 120.0))
+        limits = httpx.Limits(
+            max_connections=2000, max_keepalive_connections=500, keepalive_expiry=30
+        )
+        client = httpx.AsyncClient(
+            follow_redirects=False,
+            trust_env=False,
+            timeout=httpx.Timeout(read, connect=connect, pool=connect),
+            limits=limits,
+            transport=None if trusted else _GuardedTransport(limits=limits),
+        )
+        _async_clients[key] = client
+    return client
 
 
 # --------------------------------------------------------------------------------------------
@@ -826,3 +915,96 @@ def probe(
             return result(False, f"{label}: redirect (3xx) not followed", latency, status)
         return result(False, f"{label}: HTTP {status}", latency, status)
     return result(False, f"{label}: {last_error}")
+
+
+# --------------------------------------------------------------------------------------------
+# Gateway calls (chat completions and other proxied requests)
+# --------------------------------------------------------------------------------------------
+
+
+class UpstreamCallError(Exception):
+    """A call to a provider failed. `kind` is connect, blocked, timeout, protocol or too_large;
+    `message` is safe to show (no secrets, no response bytes)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+def _call_error(exc: BaseException) -> UpstreamCallError:
+    if isinstance(exc, httpx.TimeoutException):
+        if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
+            return UpstreamCallError("timeout", "timed out connecting to the upstream")
+        return UpstreamCallError("timeout", "the upstream did not answer in time")
+    text = str(exc)
+    if isinstance(exc, httpx.ConnectError):
+        if text.startswith("blocked:"):
+            return UpstreamCallError("blocked", text)
+        if text.startswith("could not resolve host"):
+            return UpstreamCallError("connect", text)
+        return UpstreamCallError(
+            "connect", f"could not connect to the upstream ({_describe_connect_error(exc)})"
+        )
+    if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError | httpx.WriteError):
+        return UpstreamCallError("protocol", "the upstream closed the connection unexpectedly")
+    return UpstreamCallError("protocol", f"upstream request failed ({type(exc).__name__})")
+
+
+class UpstreamResponse:
+    """A provider's response, opened for streaming. Close it (`aclose`) when done."""
+
+    __slots__ = ("_response", "headers", "status_code")
+
+    def __init__(self, response: httpx.Response) -> None:
+        self._response = response
+        self.status_code = response.status_code
+        self.headers = response.headers
+
+    async def iter_bytes(self) -> Any:
+        try:
+            async for data in self._response.aiter_raw():
+                yield data
+        except httpx.HTTPError as exc:
+            raise _call_error(exc) from None
+
+    async def read(self, limit: int) -> bytes:
+        """The whole body, refusing to hold more than `limit` bytes."""
+        parts: list[bytes] = []
+        size = 0
+        async for data in self.iter_bytes():
+            size += len(data)
+            if size > limit:
+                raise UpstreamCallError(
+                    "too_large", f"the upstream response is larger than {limit} bytes"
+                )
+            parts.append(data)
+        return b"".join(parts)
+
+    async def aclose(self) -> None:
+        await self._response.aclose()
+
+
+async def send(
+    url: str,
+    *,
+    content: bytes,
+    headers: Mapping[str, str],
+    trusted: bool,
+    read_timeout: float | None = None,
+) -> UpstreamResponse:
+    """POST `content` to a provider and return its response with the body still unread.
+
+    Untrusted (org) upstreams go through the SSRF-guarded client. Errors become
+    UpstreamCallError with a message that is safe to show.
+    """
+    client = get_async_client(trusted=trusted)
+    timeout = client.timeout
+    if read_timeout is not None:
+        timeout = httpx.Timeout(read_timeout, connect=timeout.connect, pool=timeout.pool)
+    request = client.build_request("POST", url, content=content, headers=headers, timeout=timeout)
+    try:
+        response = await client.send(request, stream=True)
+    except httpx.HTTPError as exc:
+        raise _call_error(exc) from None
+    return UpstreamResponse(response)

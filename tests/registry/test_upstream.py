@@ -871,10 +871,38 @@ def test_probe_rejects_other_methods() -> None:
         probe("https://api.example.com/", method="POST", trusted=True)
 
 
-def test_async_client_is_shared(settings) -> None:
-    first = upstream.get_async_client()
-    assert upstream.get_async_client() is first
-    assert first.follow_redirects is False
+def test_async_client_is_shared_per_loop_and_trust(settings) -> None:
+    import asyncio
+
+    async def clients() -> tuple[object, object, object]:
+        return (
+            upstream.get_async_client(),
+            upstream.get_async_client(),
+            upstream.get_async_client(trusted=False),
+        )
+
+    first, second, guarded = asyncio.run(clients())
+    assert first is second
+    assert guarded is not first
+    assert first.follow_redirects is False and guarded.follow_redirects is False
+
+
+def test_guarded_client_refuses_loopback_without_connecting(settings) -> None:
+    import asyncio
+
+    import httpx
+
+    settings.UPSTREAM_ALLOWED_NETWORKS = []
+
+    async def call() -> str:
+        client = upstream.get_async_client(trusted=False)
+        try:
+            await client.get("http://127.0.0.1:9/x")
+        except httpx.ConnectError as exc:
+            return str(exc)
+        return "connected"
+
+    assert asyncio.run(call()).startswith("blocked:")
 
 
 # --------------------------------------------------------------------------------------------

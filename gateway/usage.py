@@ -1,0 +1,68 @@
+"""Usage records, written off the hot path: requests append to an in-process buffer that a
+background task flushes in batches (every second, or sooner when it fills)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from typing import Any
+
+from gateway.models import UsageRecord
+
+logger = logging.getLogger(__name__)
+FLUSH_INTERVAL = 1.0
+FLUSH_SIZE = 500
+
+_buffer: list[UsageRecord] = []
+_lock = threading.Lock()
+_flushers: dict[int, asyncio.Task[None]] = {}
+
+
+def _take() -> list[UsageRecord]:
+    global _buffer
+    with _lock:
+        batch, _buffer = _buffer, []
+    return batch
+
+
+def flush() -> int:
+    """Write buffered records now (sync; also used by tests and at shutdown)."""
+    batch = _take()
+    if batch:
+        try:
+            UsageRecord.objects.bulk_create(batch, batch_size=500)
+        except Exception:
+            logger.exception("could not write %d usage records", len(batch))
+    return len(batch)
+
+
+async def _flusher() -> None:
+    from asgiref.sync import sync_to_async
+
+    flush_async = sync_to_async(flush, thread_sensitive=False)
+    while True:
+        await asyncio.sleep(FLUSH_INTERVAL)
+        if _buffer:
+            await flush_async()
+
+
+def _ensure_flusher() -> None:
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    task = _flushers.get(id(loop))
+    if task is None or task.done():
+        _flushers[id(loop)] = loop.create_task(_flusher())
+
+
+def record(**fields: Any) -> None:
+    """Queue one usage record (never blocks on the database)."""
+    with _lock:
+        _buffer.append(UsageRecord(**fields))
+    _ensure_flusher()
+
+
+def pending() -> int:
+    return len(_buffer)
