@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from orgs.auth import Caller, aauthenticate, authenticate
@@ -26,10 +26,6 @@ from orgs.errors import (
 logger = logging.getLogger(__name__)
 
 Handler = Callable[..., Any]
-
-
-class RawResponse(HttpResponse):
-    """A handler may return a ready response (file content, streams) instead of JSON data."""
 
 
 def json_response(
@@ -99,7 +95,7 @@ def read_json_object(request: HttpRequest) -> dict[str, Any]:
     return data
 
 
-def endpoint(**handlers: Handler) -> Callable[..., HttpResponse]:
+def endpoint(**handlers: Handler) -> Callable[..., HttpResponseBase]:
     """A view that dispatches on method to `handler(request, caller, **kwargs)`.
 
     Unknown methods get 405, a missing or bad key 401, a ServiceError its own status; the
@@ -108,7 +104,7 @@ def endpoint(**handlers: Handler) -> Callable[..., HttpResponse]:
     allowed = ", ".join(sorted(handlers))
 
     @csrf_exempt
-    def view(request: HttpRequest, **kwargs: Any) -> HttpResponse:
+    def view(request: HttpRequest, **kwargs: Any) -> HttpResponseBase:
         handler = handlers.get(request.method or "")
         try:
             if handler is None:
@@ -120,7 +116,7 @@ def endpoint(**handlers: Handler) -> Callable[..., HttpResponse]:
             result = handler(request, caller, **kwargs)
         except ServiceError as exc:
             return error_response(exc)
-        if isinstance(result, HttpResponse):
+        if isinstance(result, HttpResponseBase):
             return result
         return json_response(result)
 
@@ -130,13 +126,13 @@ def endpoint(**handlers: Handler) -> Callable[..., HttpResponse]:
 
 def async_endpoint(
     **handlers: Callable[..., Awaitable[Any]],
-) -> Callable[..., Awaitable[HttpResponse]]:
+) -> Callable[..., Awaitable[HttpResponseBase]]:
     """The async twin of `endpoint`, for handlers that await upstream calls. Keys are looked up
     through the hot-path cache (`aauthenticate`)."""
     allowed = ", ".join(sorted(handlers))
 
     @csrf_exempt
-    async def view(request: HttpRequest, **kwargs: Any) -> HttpResponse:
+    async def view(request: HttpRequest, **kwargs: Any) -> HttpResponseBase:
         handler = handlers.get(request.method or "")
         try:
             if handler is None:
@@ -148,7 +144,7 @@ def async_endpoint(
             result = await handler(request, caller, **kwargs)
         except ServiceError as exc:
             return error_response(exc)
-        if isinstance(result, HttpResponse):
+        if isinstance(result, HttpResponseBase):
             return result
         return json_response(result)
 
