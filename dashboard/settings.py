@@ -190,6 +190,12 @@ UPSTREAM_ALLOWED_NETWORKS = env_list("UPSTREAM_ALLOWED_NETWORKS")
 UPSTREAM_CONNECT_TIMEOUT = env_float("UPSTREAM_CONNECT_TIMEOUT", 5.0)
 UPSTREAM_READ_TIMEOUT = env_float("UPSTREAM_READ_TIMEOUT", 120.0)
 
+# Chat streams (POST /chat/completions/stream): identical requests within this many seconds are
+# answered from cache (0 disables), and a stream whose client disconnected keeps running this
+# many seconds for a resume with x-last-chunk-index (0 cancels at once).
+CHAT_STREAM_CACHE_SECONDS = env_float("CHAT_STREAM_CACHE_SECONDS", 600.0)
+CHAT_STREAM_RESUME_GRACE_SECONDS = env_float("CHAT_STREAM_RESUME_GRACE_SECONDS", 60.0)
+
 # Celery: a broker that needs no server unless CELERY_BROKER_URL says otherwise.
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL") or "filesystem://"
 if CELERY_BROKER_URL == "filesystem://":

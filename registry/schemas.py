@@ -8,9 +8,11 @@ Field names are the wire's camelCase. `parse_definition` validates a whole defin
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -36,7 +38,20 @@ ProviderType = Literal["groq", "azure", "meetkai", "meetkaiGateway", "fal", "ope
 Modality = Literal["text", "image", "audio", "video"]
 PosInt = Annotated[int, Field(gt=0, le=MAX_SAFE_INTEGER)]
 NonNegInt = Annotated[int, Field(ge=0, le=MAX_SAFE_INTEGER)]
-Name = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+def _plain_text(value: str) -> str:
+    """Names are shown in pages and logs: no control or invisible formatting characters (such
+    as RTL overrides or zero-width spaces), and no surrounding whitespace."""
+    if value != value.strip():
+        raise ValueError("must not start or end with whitespace")
+    if any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in value):
+        raise ValueError("must not contain control or invisible formatting characters")
+    return value
+
+
+Name = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_plain_text)]
+OptionalText = Annotated[str, Field(max_length=200), AfterValidator(_plain_text)]
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+\-]*$")
 _HEADER_NAME_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
@@ -350,7 +365,7 @@ class ModelDefinition(Strict):
     created: Annotated[int, Field(ge=0, le=MAX_SAFE_INTEGER)]
     auth: Auth
     capabilities: Capabilities
-    displayName: Annotated[str, Field(max_length=200)] | None = None
+    displayName: OptionalText | None = None
     baseUrl: Annotated[str, Field(max_length=2000)] | None = None
     contextWindow: PosInt | None = None
     rpm: PosInt | None = None
@@ -360,7 +375,7 @@ class ModelDefinition(Strict):
     hidden: bool | None = None
     embeddingLimits: EmbeddingLimits | None = None
     healthCheck: HealthCheck | None = None
-    publicName: Annotated[str, Field(max_length=200)] | None = None
+    publicName: OptionalText | None = None
     aliases: Annotated[list[str], Field(max_length=50)] | None = None
     concurrency: Concurrency | None = None
     requestTimeoutMs: Annotated[int, Field(ge=1, le=3_600_000)] | None = None
