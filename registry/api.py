@@ -18,7 +18,7 @@ from registry import services
 from registry.cluster import get_cluster_registry
 from registry.models import AutoModel, ClusterGrant, HealthStatus
 from registry.resolve import Entry, db_entry, resolve_name, visible_entries
-from registry.schemas import error_fallback_target, model_type_for
+from registry.schemas import error_fallback_target, model_type_for, shown
 
 
 def _ms(value: datetime | None) -> int | None:
@@ -90,7 +90,7 @@ def list_models(request: HttpRequest, caller: Caller) -> dict[str, Any]:
 def get_model(request: HttpRequest, caller: Caller, model_id: str) -> dict[str, Any]:
     entry = resolve_name(caller.org, model_id)
     if entry is None:
-        raise NotFound(f"model {model_id!r} not found", param="model_id")
+        raise NotFound(f"model {shown(model_id)} not found", param="model_id")
     return model_object(entry, caller.org.slug)
 
 

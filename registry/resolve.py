@@ -13,6 +13,7 @@ from typing import Any
 from orgs.models import Org
 from registry.cluster import ClusterModel, get_cluster_registry
 from registry.models import ClusterGrant, ModelAlias, RegistryModel
+from registry.schemas import shown
 
 
 @dataclass(frozen=True)
@@ -230,7 +231,7 @@ def resolve_route(org: Org, name: str, endpoint: str = "completions") -> Route:
         return route_for(entry, via_auto=True)
     entry = resolve_name(org, name)
     if entry is None:
-        raise RouteError("not_found", f"model {name!r} not found")
+        raise RouteError("not_found", f"model {shown(name)} not found")
     return route_for(entry)
 
 

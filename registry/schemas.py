@@ -58,6 +58,11 @@ _HEADER_NAME_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
+def shown(name: str, limit: int = 120) -> str:
+    """A client-supplied name quoted for an error message, cut short when very long."""
+    return repr(name if len(name) <= limit else name[:limit] + "…")
+
+
 def check_model_id(value: str) -> str:
     """The rule for registry ids and aliases (they share one namespace)."""
     if not value:
@@ -166,8 +171,9 @@ CompositeAuth.model_rebuild()
 
 
 def auth_depth(auth: dict[str, Any]) -> int:
+    """How many composite levels an auth object nests (a plain strategy is 0)."""
     if auth.get("type") != "composite":
-        return 1
+        return 0
     return 1 + max((auth_depth(s) for s in auth.get("strategies") or []), default=0)
 
 
@@ -278,9 +284,27 @@ class DimensionRange(Strict):
         return self
 
 
+def _dimensions_tag(value: Any) -> str | None:
+    if isinstance(value, dict):
+        return "range"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return "int"
+    return None
+
+
+Dimensions = Annotated[
+    Union[Annotated[PosInt, Tag("int")], Annotated[DimensionRange, Tag("range")]],  # noqa: UP007
+    Discriminator(
+        _dimensions_tag,
+        custom_error_type="invalid_dimensions",
+        custom_error_message="must be a positive integer or an object {min, max, default}",
+    ),
+]
+
+
 class EmbeddingLimits(Strict):
     maxBatchSize: PosInt | None = None
-    dimensions: PosInt | DimensionRange | None = None
+    dimensions: Dimensions | None = None
 
 
 class HealthOff(Strict):
@@ -352,7 +376,7 @@ def _check_url(v: str) -> str:
     try:
         validate_url_syntax(v)
     except UpstreamURLError as exc:
-        raise ValueError(str(exc)) from None
+        raise ValueError(exc.reason) from None
     return v
 
 
@@ -403,19 +427,25 @@ class ModelDefinition(Strict):
     def _base_url(cls, v: str | None) -> str | None:
         return None if v is None else _check_url(v)
 
-    @model_validator(mode="after")
-    def _cross_field(self) -> ModelDefinition:
-        if self.aliases and self.id in self.aliases:
-            raise ValueError("aliases must not repeat the model's own id")
-        for index, rule in enumerate(self.rerouteRules or []):
-            if rule.targetModelId == self.id or rule.targetModelId in (self.aliases or []):
-                raise ValueError(
-                    f"rerouteRules[{index}].targetModelId must not be the model itself"
-                )
-        hc = self.healthCheck
-        if isinstance(hc, HealthPreflight | HealthPeriodic) and not self.baseUrl:
-            raise ValueError("healthCheck with a path needs baseUrl")
-        return self
+
+def _cross_field_checks(definition: ModelDefinition) -> None:
+    """Rules between fields, each reported with the path of the field at fault."""
+
+    def fail(param: str, message: str) -> None:
+        raise InvalidRequest(f"{param}: {message}", param=param)
+
+    if definition.aliases and definition.id in definition.aliases:
+        fail(
+            f"aliases[{definition.aliases.index(definition.id)}]",
+            "must not repeat the model's own id",
+        )
+    own_names = {definition.id, *(definition.aliases or [])}
+    for index, rule in enumerate(definition.rerouteRules or []):
+        if rule.targetModelId in own_names:
+            fail(f"rerouteRules[{index}].targetModelId", "must not be the model itself")
+    hc = definition.healthCheck
+    if isinstance(hc, HealthPreflight | HealthPeriodic) and not definition.baseUrl:
+        fail("healthCheck.path", "a health check path needs baseUrl")
 
 
 # Fields that PATCH may clear with an explicit null (api-contract.md §5.11).
@@ -456,8 +486,7 @@ _UNION_TAGS = frozenset(
         "context-exceeded",
         "error-fallback",
         "int",
-        "DimensionRange",
-        "constrained-int",
+        "range",
     }
 )
 
@@ -522,7 +551,7 @@ def _format_error(error: Any) -> str:
             return f"must have at most {ctx.get('max_length')} items"
         case "value_error":
             return str(ctx.get("error", error["msg"]))
-        case "invalid_health_check":
+        case "invalid_health_check" | "invalid_dimensions":
             return error["msg"]
     return str(error["msg"])
 
@@ -558,6 +587,7 @@ def parse_definition(data: Any) -> ModelDefinition:
         raise InvalidRequest(
             f"auth: composite strategies may nest at most {MAX_AUTH_DEPTH} levels", param="auth"
         )
+    _cross_field_checks(definition)
     return definition
 
 

@@ -22,6 +22,7 @@ from registry.schemas import (
     ModelDefinition,
     dump_definition,
     parse_definition,
+    shown,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -39,7 +40,7 @@ def get_entry(org: Org, model_id: str) -> Entry:
         and ClusterGrant.objects.filter(org=org, model_id=model_id).exists()
     ):
         return cluster_entry(cluster_model)
-    raise NotFound(f"model {model_id!r} not found", param="id")
+    raise NotFound(f"model {shown(model_id)} not found", param="id")
 
 
 def _check_names_free(
@@ -67,7 +68,7 @@ def _check_reroute_targets(org: Org, definition: dict[str, Any]) -> None:
         entry = resolve_name(org, target)
         if entry is None:
             raise InvalidRequest(
-                f"rerouteRules[{index}].targetModelId: model {target!r} is not available to this org",
+                f"rerouteRules[{index}].targetModelId: model {shown(target)} is not available to this org",
                 param=f"rerouteRules[{index}].targetModelId",
             )
         if entry.id == definition["id"]:
@@ -164,7 +165,7 @@ def update_model(org: Org, model_id: str, body: Any, *, actor: str) -> RegistryM
         if model is None:
             get_entry(org, model_id)  # 404 unless it is a visible YAML model
             raise PermissionDenied(
-                f"model {model_id!r} comes from the operator's cluster registry and is immutable"
+                f"model {shown(model_id)} comes from the operator's cluster registry and is immutable"
             )
         if not body:
             return model
@@ -202,7 +203,7 @@ def remove_model(org: Org, model_id: str, *, actor: str) -> None:
         if model is None:
             get_entry(org, model_id)
             raise PermissionDenied(
-                f"model {model_id!r} comes from the operator's cluster registry and is immutable"
+                f"model {shown(model_id)} comes from the operator's cluster registry and is immutable"
             )
         names = {
             model.registry_id,
@@ -377,7 +378,7 @@ def set_auto_model(org: Org, endpoint: str, body: Any, *, actor: str) -> AutoMod
     entry = resolve_name(org, model_id)
     if entry is None:
         raise InvalidRequest(
-            f"modelId: model {model_id!r} not available to this org", param="modelId"
+            f"modelId: model {shown(model_id)} not available to this org", param="modelId"
         )
     if entry.api_format != endpoint:
         raise InvalidRequest(
