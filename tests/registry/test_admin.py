@@ -22,7 +22,9 @@ def test_admin_pages_never_show_a_provider_secret(world, make_model, admin_clien
         assert "sk-canary-cluster-secret" not in body, url
         assert world.alice.token not in body, url
         assert world.alice.key.key_hash not in body, url
-    cluster_page = admin_client.get("/admin/registry/registrymodel/cluster-registry/").content.decode()
+    cluster_page = admin_client.get(
+        "/admin/registry/registrymodel/cluster-registry/"
+    ).content.decode()
     assert "cluster:chat-a" in cluster_page and "********" in cluster_page
 
 
