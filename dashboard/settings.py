@@ -212,6 +212,11 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_IGNORE_RESULT = True
+CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
+    "sweep-health": {"task": "registry.tasks.sweep_health", "schedule": 10.0},
+}
+# Probe results kept per model for the dashboard's history.
+HEALTH_HISTORY_LENGTH = env_int("HEALTH_HISTORY_LENGTH", 50)
 
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
 LOGGING = {

@@ -28,6 +28,7 @@ from orgs.errors import (
     NotFound,
     RateLimited,
     ServiceError,
+    ServiceUnavailable,
     UpstreamFailed,
     UpstreamTimeout,
 )
@@ -151,6 +152,23 @@ async def _reroute(call: ChatCall) -> None:
             return
 
 
+async def _preflight(call: ChatCall) -> None:
+    """A `preflight` model is probed (cached for cacheTtlSeconds) before it is used; when it is
+    down the request goes to its error-fallback target, or fails with 503."""
+    from registry import health
+
+    hc = call.route.health_check or {}
+    if hc.get("mode") != "preflight" or await health.apreflight(call.route):
+        return
+    target = _fallback_target(call.route)
+    if target is None:
+        raise ServiceUnavailable(
+            f"model {call.route.model_id!r} is unavailable (health check failed)"
+        )
+    call.rerouted_from, call.reroute_reason = call.route.model_id, "error-fallback"
+    call.route = await _route(call.caller, target)
+
+
 async def prepare(
     caller: Caller,
     body: Any,
@@ -179,6 +197,7 @@ async def prepare(
     )
     if route.reroute_rules:
         await _reroute(call)
+    await _preflight(call)
     if not _fits(call.route, call.prompt_chars, request.max_tokens):
         raise InvalidRequest(
             f"the prompt (about {estimate_tokens(call.prompt_chars)} tokens) plus max_tokens "

@@ -14,7 +14,7 @@ from django.http import HttpRequest
 from orgs.auth import Caller
 from orgs.errors import InvalidRequest, NotFound
 from orgs.jsonapi import read_json, read_json_object
-from registry import services
+from registry import health, services
 from registry.cluster import get_cluster_registry
 from registry.models import AutoModel, ClusterGrant, HealthStatus
 from registry.resolve import Entry, db_entry, resolve_name, visible_entries
@@ -134,7 +134,7 @@ def check_registry_model_health(
 ) -> dict[str, Any]:
     caller.require_admin()
     entry = services.get_entry(caller.org, model_id)
-    result = services.check_health(entry)
+    result = health.check_health(entry)
     return {
         "is_available": result.is_available,
         "checked_at": result.checked_at_ms,

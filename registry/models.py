@@ -142,3 +142,22 @@ class HealthStatus(models.Model):
 
     def __str__(self) -> str:
         return f"{self.target}: {'up' if self.is_available else 'down'}"
+
+
+class HealthCheckResult(models.Model):
+    """One probe of a model, kept as history (the newest HEALTH_HISTORY_LENGTH per model)."""
+
+    target = models.CharField(max_length=220)
+    is_available = models.BooleanField()
+    checked_at = models.DateTimeField()
+    latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    error = models.TextField(null=True, blank=True)
+    trigger = models.CharField(max_length=16, default="manual")  # manual, periodic, preflight
+
+    class Meta:
+        ordering = ["-checked_at", "-id"]
+        indexes = [models.Index(fields=["target", "-checked_at"], name="health_history")]
+
+    def __str__(self) -> str:
+        return f"{self.target} {self.checked_at:%H:%M:%S} {'up' if self.is_available else 'down'}"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from django.db import IntegrityError, transaction
@@ -230,69 +229,6 @@ def remove_model(org: Org, model_id: str, *, actor: str) -> None:
 
 def health_map(keys: list[str]) -> dict[str, HealthStatus]:
     return {h.target: h for h in HealthStatus.objects.filter(target__in=keys)}
-
-
-def probe_target(entry: Entry) -> tuple[str | None, str, int, dict[str, str]]:
-    """The URL, method, timeout and headers of a health probe for a model, from its definition."""
-    full = entry.full_definition()
-    base_url = full.get("baseUrl")
-    hc = full.get("healthCheck") or {}
-    method = hc.get("method") or "GET"
-    timeout_ms = hc.get("timeoutMs") or 5000
-    if "url" in hc:
-        url: str | None = hc["url"]
-    elif hc.get("path") and base_url:
-        url = upstream.join_health_url(base_url, hc["path"])
-    elif base_url:
-        url = upstream.join_health_url(base_url, "models")
-    else:
-        url = None
-    headers: dict[str, str] = {}
-    if url and base_url and upstream.same_origin(url, base_url):
-        headers = upstream.build_auth_headers(full["auth"])
-    return url, method, timeout_ms, headers
-
-
-def check_health(entry: Entry) -> upstream.ProbeResult:
-    """Probe a model now and store the result as its health."""
-    try:
-        url, method, timeout_ms, headers = probe_target(entry)
-    except upstream.UpstreamAuthError as exc:
-        result = upstream.ProbeResult(
-            is_available=False,
-            checked_at_ms=upstream.now_ms(),
-            error=str(exc),
-            latency_ms=None,
-            status_code=None,
-        )
-    else:
-        if url is None:
-            result = upstream.ProbeResult(
-                is_available=False,
-                checked_at_ms=upstream.now_ms(),
-                error="nothing to probe: the model has no baseUrl or healthCheck url",
-                latency_ms=None,
-                status_code=None,
-            )
-        else:
-            result = upstream.probe(
-                url,
-                method=method,
-                timeout_ms=timeout_ms,
-                headers=headers,
-                trusted=entry.source == "yaml",
-            )
-    checked_at = datetime.fromtimestamp(result.checked_at_ms / 1000, tz=UTC)
-    HealthStatus.objects.update_or_create(
-        target=entry.health_key,
-        defaults={
-            "is_available": result.is_available,
-            "checked_at": checked_at,
-            "error": result.error,
-            "latency_ms": result.latency_ms,
-        },
-    )
-    return result
 
 
 # ---------------------------------------------------------------------------------------------

@@ -33,6 +33,19 @@ def _cluster_registry(settings: Any) -> Iterator[None]:
     reset_cluster_registry()
 
 
+@pytest.fixture(autouse=True)
+def _fresh_caches() -> Iterator[None]:
+    """Each test starts with empty caches (Redis in CI: locks, preflight results, generation)."""
+    from django.core.cache import cache
+
+    from orgs import hotcache
+
+    cache.clear()
+    hotcache.clear()
+    yield
+    hotcache.clear()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
