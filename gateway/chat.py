@@ -206,8 +206,12 @@ async def prepare(
             param="messages",
         )
     if acquire_limits:
-        await limits.acquire(limits.limits_for(call.route, caller, user))
+        await acquire_limits_for(call)
     return call
+
+
+async def acquire_limits_for(call: ChatCall) -> None:
+    await limits.acquire(limits.limits_for(call.route, call.caller, call.user))
 
 
 # ---------------------------------------------------------------------------------------------

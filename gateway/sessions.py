@@ -33,6 +33,7 @@ from gateway.chat import (
     orpc_error,
     orpc_message,
 )
+from registry.resolve import Route
 
 MAX_SESSIONS = 2000
 
@@ -45,9 +46,13 @@ def grace_seconds() -> float:
     return float(getattr(settings, "CHAT_STREAM_RESUME_GRACE_SECONDS", 60))
 
 
-def session_key(org_id: int, end_user: str | None, body: dict[str, Any]) -> str:
+def session_key(org_id: int, end_user: str | None, body: dict[str, Any], route: Route) -> str:
+    """Same org, end user, request body and route (so an edited model is a new key)."""
     normal = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
-    text = json.dumps([org_id, end_user or "", normal], sort_keys=True, separators=(",", ":"))
+    target = [route.model_id, route.upstream_model, route.base_url, route.definition]
+    text = json.dumps(
+        [org_id, end_user or "", normal, target], sort_keys=True, separators=(",", ":")
+    )
     return hashlib.sha256(text.encode()).hexdigest()
 
 

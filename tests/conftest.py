@@ -6,6 +6,7 @@ Personas: org A (`org-acme`) has an admin key (alice), a member key (bob) and a 
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -31,6 +32,22 @@ def _cluster_registry(settings: Any) -> Iterator[None]:
     reset_cluster_registry()
     yield
     reset_cluster_registry()
+
+
+@pytest.fixture(autouse=True)
+def _no_server_errors(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """No request anywhere in the suite may end in a 500: fail the test that caused one."""
+    yield
+    errors = [
+        r.getMessage()
+        for r in caplog.get_records("call")
+        if r.levelno >= logging.ERROR
+        and (
+            r.name == "dashboard.api"
+            or (r.name == "django.request" and "Internal Server" in r.getMessage())
+        )
+    ]
+    assert not errors, f"server errors during the test: {errors}"
 
 
 @pytest.fixture(autouse=True)
