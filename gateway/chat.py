@@ -367,7 +367,7 @@ def record_usage(
 ) -> None:
     usage.record(
         org_id=call.caller.org.pk,
-        api_key_id=call.caller.key.pk if call.caller.key.pk else None,
+        api_key_id=call.caller.api_key_id,
         end_user=call.caller.on_behalf_of or "",
         endpoint=call.endpoint,
         requested_model=call.request.model,
@@ -391,7 +391,7 @@ def record_failure(caller: Caller, body: Any, *, endpoint: str, error: ServiceEr
     model = body.get("model") if isinstance(body, dict) else None
     usage.record(
         org_id=caller.org.pk,
-        api_key_id=caller.key.pk,
+        api_key_id=caller.api_key_id,
         end_user=caller.on_behalf_of or "",
         endpoint=endpoint,
         requested_model=str(model or "")[:256],

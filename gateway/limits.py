@@ -68,9 +68,9 @@ def limits_for(route: Route, caller: Caller, user: str | None = None) -> list[Li
         elif scope == "org":
             subject = f"org:{caller.org.pk}"
         elif scope == "apiKey":
-            subject = f"key:{caller.key.pk}"
+            subject = caller.principal
         elif scope == "user":
-            subject = f"user:{user}" if user else f"key:{caller.key.pk}"
+            subject = f"user:{user}" if user else caller.principal
         else:  # externalUser
             if not caller.on_behalf_of:
                 continue

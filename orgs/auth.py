@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from django.http import HttpRequest
 from django.utils import timezone
@@ -21,24 +22,54 @@ LAST_USED_RESOLUTION = timedelta(seconds=60)
 
 @dataclass(frozen=True)
 class Caller:
+    """Who acts, in which org: an API key, or a signed-in dashboard user (`user`, with the role
+    of their membership; superusers are cluster admins)."""
+
     org: Org
-    key: ApiKey
+    key: ApiKey | None = None
     on_behalf_of: str | None = None
+    user: Any = None
+    role: str = ""
+    cluster_admin: bool = False
+
+    @classmethod
+    def for_key(cls, key: ApiKey, on_behalf_of: str | None = None) -> Caller:
+        return cls(
+            org=key.org,
+            key=key,
+            on_behalf_of=on_behalf_of,
+            role=key.role,
+            cluster_admin=key.cluster_admin,
+        )
+
+    @classmethod
+    def for_user(cls, user: Any, org: Org, role: str) -> Caller:
+        return cls(org=org, user=user, role=role, cluster_admin=bool(user.is_superuser))
 
     @property
     def is_admin(self) -> bool:
-        return self.key.role == Role.ADMIN
+        return self.role == Role.ADMIN or self.cluster_admin and self.user is not None
 
     @property
     def is_cluster_admin(self) -> bool:
-        return self.key.cluster_admin
+        return self.cluster_admin
+
+    @property
+    def api_key_id(self) -> int | None:
+        return self.key.pk if self.key is not None else None
+
+    @property
+    def principal(self) -> str:
+        """A stable id of the key or user, for per-key rate limits."""
+        return f"key:{self.key.pk}" if self.key is not None else f"user:{self.user.pk}"
 
     @property
     def actor(self) -> str:
         """Recorded as `set_by` / `granted_by` and in the audit trail."""
+        base = self.key.actor if self.key is not None else f"user:{self.user.get_username()}"
         if self.on_behalf_of:
-            return f"{self.on_behalf_of} via {self.key.actor}"
-        return self.key.actor
+            return f"{self.on_behalf_of} via {base}"
+        return base
 
     def require_admin(self) -> None:
         if not self.is_admin:
@@ -100,7 +131,7 @@ def authenticate(request: HttpRequest) -> Caller:
     if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
         ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
         key.last_used_at = now
-    return Caller(org=key.org, key=key, on_behalf_of=parse_on_behalf_of(request))
+    return Caller.for_key(key, parse_on_behalf_of(request))
 
 
 def _load_key(digest: str) -> ApiKey | None:
@@ -143,4 +174,4 @@ async def aauthenticate(request: HttpRequest) -> Caller:
         _last_touch[key.pk] = now
         task = asyncio.get_running_loop().run_in_executor(None, _touch, key.pk, timezone.now())
         task.add_done_callback(lambda f: f.exception())
-    return Caller(org=key.org, key=key, on_behalf_of=on_behalf_of)
+    return Caller.for_key(key, on_behalf_of)
