@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 CHAT_FORMATS = frozenset({"completions", "responses"})
 MAX_UPSTREAM_BODY = 10 * 1024 * 1024
+MAX_SSE_LINE = 4 * 1024 * 1024
 KEEPALIVE_SECONDS = 15.0
 _KEY_RE = re.compile(r"(sk|mk|pk|rk)[-_][A-Za-z0-9_\-]{6,}")
 _DUMPS = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
@@ -324,6 +325,11 @@ async def _open(call: ChatCall, route: Route) -> upstream.UpstreamResponse:
     return response
 
 
+def _read_timeout(route: Route) -> float:
+    timeout_ms = route.definition.get("requestTimeoutMs")
+    return timeout_ms / 1000 if timeout_ms else float(settings.UPSTREAM_READ_TIMEOUT)
+
+
 def _fallback_target(route: Route) -> str | None:
     for rule in route.reroute_rules:
         if rule["trigger"]["type"] == "error-fallback":
@@ -433,7 +439,11 @@ def _valid_usage(value: Any) -> bool:
 async def complete(call: ChatCall) -> dict[str, Any]:
     response = await open_upstream(call)
     try:
-        raw = await response.read(MAX_UPSTREAM_BODY)
+        # The body follows the headers: it must arrive whole within one read timeout, so an
+        # upstream trickling bytes cannot hold the request open forever.
+        raw = await asyncio.wait_for(response.read(MAX_UPSTREAM_BODY), _read_timeout(call.route))
+    except TimeoutError:
+        raise UpstreamTimeout("the upstream did not send its whole answer in time") from None
     except upstream.UpstreamCallError as exc:
         if exc.kind == "timeout":
             raise UpstreamTimeout(exc.message) from None
@@ -501,7 +511,7 @@ async def sse_payloads(response: upstream.UpstreamResponse) -> AsyncIterator[Any
     ignored. Bytes are split only at line ends, so a UTF-8 character split across network reads
     is decoded whole. Raises UpstreamStreamError when the upstream fails or goes idle too long.
     """
-    idle_limit = float(getattr(settings, "UPSTREAM_READ_TIMEOUT", 120.0))
+    idle_limit = float(settings.UPSTREAM_READ_TIMEOUT)
     chunks = response.iter_bytes().__aiter__()
     buffer = b""
     data_lines: list[bytes] = []
@@ -526,6 +536,10 @@ async def sse_payloads(response: upstream.UpstreamResponse) -> AsyncIterator[Any
             finally:
                 pending = None
             buffer += data
+            if len(buffer) > MAX_SSE_LINE:
+                raise UpstreamStreamError(
+                    "the upstream sent a line longer than the gateway accepts"
+                )
             if b"\r" in buffer:
                 if buffer.endswith(b"\r"):  # maybe the first half of CRLF: wait for more
                     buffer, held = buffer[:-1], b"\r"

@@ -56,7 +56,8 @@ class Limit:
 
 def limits_for(route: Route, caller: Caller, user: str | None = None) -> list[Limit]:
     """The windows a request to `route` by `caller` counts against."""
-    base = f"gw:rl:{route.source}:{route.model_id}"
+    # Per model as stored: `db:<pk>` for an org's model (ids repeat across orgs), `yaml:<id>`.
+    base = f"gw:rl:{route.health_key}"
     out: list[Limit] = []
     if route.rpm:
         out.append(Limit(f"{base}:rpm", route.rpm, 60_000, f"{route.rpm} requests per minute"))

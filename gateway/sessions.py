@@ -178,6 +178,9 @@ def start(key: str, chunks_factory: Callable[[], AsyncIterator[Any]]) -> StreamS
 
 
 def reset() -> None:
+    """Cancel and forget every session (tests; callable from any thread)."""
     for session in list(_sessions.values()):
-        session.cancel()
+        task = session.producer
+        if task is not None and not task.done():
+            task.get_loop().call_soon_threadsafe(task.cancel)
     _sessions.clear()

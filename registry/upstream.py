@@ -998,10 +998,12 @@ async def send(
     Untrusted (org) upstreams go through the SSRF-guarded client. Errors become
     UpstreamCallError with a message that is safe to show.
     """
+    from django.conf import settings
+
     client = get_async_client(trusted=trusted)
-    timeout = client.timeout
-    if read_timeout is not None:
-        timeout = httpx.Timeout(read_timeout, connect=timeout.connect, pool=timeout.pool)
+    connect = float(settings.UPSTREAM_CONNECT_TIMEOUT)
+    read = read_timeout if read_timeout is not None else float(settings.UPSTREAM_READ_TIMEOUT)
+    timeout = httpx.Timeout(read, connect=connect, pool=connect)
     request = client.build_request("POST", url, content=content, headers=headers, timeout=timeout)
     try:
         response = await client.send(request, stream=True)
