@@ -8,6 +8,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import path, re_path
 
+from batches import api as batches
 from dashboard.middleware import _InternalError
 from gateway import api as gateway
 from orgs.jsonapi import async_endpoint, endpoint, error_response, not_found
@@ -48,6 +49,12 @@ urlpatterns = [
     path("models/<path:model_id>", endpoint(GET=registry.get_model)),
     path("chat/completions", async_endpoint(POST=gateway.chat_completions)),
     path("chat/completions/stream", async_endpoint(POST=gateway.chat_completions_stream)),
+    path("files", endpoint(GET=batches.list_files, POST=batches.upload_file)),
+    path("files/<str:file_id>", endpoint(GET=batches.get_file, DELETE=batches.delete_file)),
+    path("files/<str:file_id>/content", endpoint(GET=batches.file_content)),
+    path("batches", endpoint(GET=batches.list_batches, POST=batches.create_batch)),
+    path("batches/<str:batch_id>", endpoint(GET=batches.get_batch)),
+    path("batches/<str:batch_id>/cancel", endpoint(POST=batches.cancel_batch)),
     re_path(r"^.*$", not_found),
 ]
 

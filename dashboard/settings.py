@@ -92,6 +92,7 @@ INSTALLED_APPS = [
     "orgs",
     "registry",
     "gateway",
+    "batches",
     "dashboard",
 ]
 
@@ -124,6 +125,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "dashboard.context_processors.dashboard",
             ],
         },
     },
@@ -212,8 +214,26 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_IGNORE_RESULT = True
+# The queue tasks go to (lets several deployments, or test runs, share one broker).
+CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_QUEUE") or "celery"
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "sweep-health": {"task": "registry.tasks.sweep_health", "schedule": 10.0},
+}
+# Files and batches (api-contract.md §7, §9; README "Files and batches").
+FILES_MAX_UPLOAD_BYTES = env_int("FILES_MAX_UPLOAD_BYTES", 200 * 1024 * 1024)
+BATCH_MAX_LINES = env_int("BATCH_MAX_LINES", 50_000)
+BATCH_CONCURRENCY = env_int("BATCH_CONCURRENCY", 16)
+BATCH_COMPLETION_WINDOW_SECONDS = env_int("BATCH_COMPLETION_WINDOW_SECONDS", 86_400)
+BATCH_LINE_MAX_ATTEMPTS = env_int("BATCH_LINE_MAX_ATTEMPTS", 3)
+# A worker owns a batch while its heartbeat is younger than this; then the reconciler (on beat,
+# every BATCH_RECONCILE_SECONDS) hands the batch to another worker.
+BATCH_LEASE_SECONDS = env_float("BATCH_LEASE_SECONDS", 60.0)
+BATCH_RECONCILE_SECONDS = env_float("BATCH_RECONCILE_SECONDS", 10.0)
+# A run gives its batch back to the queue after this long, so batches take turns on workers.
+BATCH_SLICE_SECONDS = env_float("BATCH_SLICE_SECONDS", 60.0)
+CELERY_BEAT_SCHEDULE["reconcile-batches"] = {
+    "task": "batches.tasks.reconcile_batches",
+    "schedule": BATCH_RECONCILE_SECONDS,
 }
 # Probe results kept per model for the dashboard's history.
 HEALTH_HISTORY_LENGTH = env_int("HEALTH_HISTORY_LENGTH", 50)

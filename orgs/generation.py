@@ -48,9 +48,16 @@ def _async_redis() -> Any:
     if client is None:
         import redis.asyncio
 
-        client = redis.asyncio.Redis.from_url(
-            _redis_url(), socket_timeout=2, socket_connect_timeout=2
+        # A bounded pool that waits for a free connection (briefly) instead of failing when
+        # thousands of requests arrive at once.
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            _redis_url(),
+            max_connections=64,
+            timeout=5,
+            socket_timeout=2,
+            socket_connect_timeout=2,
         )
+        client = redis.asyncio.Redis(connection_pool=pool)
         _async_clients[loop_id] = client
     return client
 
@@ -78,9 +85,67 @@ def current() -> int:
     return _db_read()
 
 
+class _NextRead:
+    """Coalesces concurrent reads of the counter without ever answering a request with a value
+    read before it arrived: requests that arrive while no read has been sent yet share the next
+    read, and at most one read is in flight at a time. A burst of a thousand requests costs a
+    handful of round trips instead of a thousand."""
+
+    def __init__(self) -> None:
+        import asyncio
+
+        self.waiting: asyncio.Future[int] | None = None
+        self.lock = asyncio.Lock()
+
+    async def get(self) -> int:
+        import asyncio
+
+        future = self.waiting
+        if future is None:
+            future = self.waiting = asyncio.get_running_loop().create_future()
+            task = asyncio.get_running_loop().create_task(self._read(future))
+            _tasks.add(task)
+            task.add_done_callback(_tasks.discard)
+        return await asyncio.shield(future)
+
+    async def _read(self, future: Any) -> None:
+        async with self.lock:
+            if self.waiting is future:
+                self.waiting = None  # later arrivals wait for a read sent after them
+            try:
+                value = await _read_now()
+            except BaseException as exc:
+                future.set_exception(exc)
+                future.exception()  # mark retrieved: every waiter re-raises it
+            else:
+                future.set_result(value)
+
+
+_readers: dict[int, _NextRead] = {}
+_tasks: set[Any] = set()
+
+
 async def acurrent() -> int:
+    import asyncio
+
+    loop_id = id(asyncio.get_running_loop())
+    reader = _readers.get(loop_id)
+    if reader is None:
+        reader = _readers[loop_id] = _NextRead()
+    return await reader.get()
+
+
+async def _read_now() -> int:
     if _redis_url():
-        return int(await _async_redis().get(REDIS_KEY) or 0)
+        try:
+            return int(await _async_redis().get(REDIS_KEY) or 0)
+        except Exception as exc:  # redis errors: refuse rather than serve stale config
+            from orgs.errors import ServiceUnavailable
+
+            raise ServiceUnavailable(
+                "the configuration cache (Redis) is unavailable; try again shortly",
+                headers={"Retry-After": "1"},
+            ) from exc
     from asgiref.sync import sync_to_async
 
     return await sync_to_async(_db_read, thread_sensitive=False)()

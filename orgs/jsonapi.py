@@ -65,9 +65,12 @@ def parse_json_bytes(raw: bytes) -> Any:
     if not text.strip():
         raise InvalidRequest("request body is empty; send a JSON object")
     try:
-        return json.loads(text, parse_constant=_reject_constant, parse_float=_parse_float)
+        data = json.loads(text, parse_constant=_reject_constant, parse_float=_parse_float)
     except ValueError as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+    if "\\u0000" in text:  # the databases cannot store NUL in text; no field needs one
+        raise InvalidRequest("request body must not contain NUL characters (\\u0000)")
+    return data
 
 
 def read_body(request: HttpRequest) -> bytes:
@@ -95,6 +98,13 @@ def read_json_object(request: HttpRequest) -> dict[str, Any]:
     return data
 
 
+def _check_path_values(kwargs: dict[str, Any]) -> None:
+    """Ids in the path with control characters (NUL above all) name nothing that can exist."""
+    for name, value in kwargs.items():
+        if isinstance(value, str) and any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+            raise NotFound(f"no such {name}: it contains control characters", param=name)
+
+
 def endpoint(**handlers: Handler) -> Callable[..., HttpResponseBase]:
     """A view that dispatches on method to `handler(request, caller, **kwargs)`.
 
@@ -113,6 +123,7 @@ def endpoint(**handlers: Handler) -> Callable[..., HttpResponseBase]:
                     headers={"Allow": allowed},
                 )
             caller = authenticate(request)
+            _check_path_values(kwargs)
             result = handler(request, caller, **kwargs)
         except ServiceError as exc:
             return error_response(exc)
@@ -141,6 +152,7 @@ def async_endpoint(
                     headers={"Allow": allowed},
                 )
             caller: Caller = await aauthenticate(request)
+            _check_path_values(kwargs)
             result = await handler(request, caller, **kwargs)
         except ServiceError as exc:
             return error_response(exc)
