@@ -9,6 +9,7 @@ upstream OpenAI SSE stream as the two framings the API speaks, forwarding chunks
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -592,19 +593,30 @@ class StreamState:
         }
 
 
+async def _drain(payloads: AsyncIterator[Any]) -> None:
+    """Read what follows [DONE] (normally just the end of the body) so that the connection can
+    go back to the pool; give up after a moment if the upstream keeps it open."""
+    with contextlib.suppress(TimeoutError, UpstreamStreamError):
+        async with asyncio.timeout(1.0):
+            async for _ in payloads:
+                pass
+
+
 async def upstream_chunks(
     call: ChatCall, response: upstream.UpstreamResponse, state: StreamState
 ) -> AsyncIterator[Any]:
     """Normalised chunk dicts of the upstream stream (model set to the resolved id), or
     KEEPALIVE. Raises UpstreamStreamError on failure, in-band errors and early ends."""
     model_id = call.route.model_id
+    payloads = sse_payloads(response).__aiter__()
     try:
-        async for payload in sse_payloads(response):
+        async for payload in payloads:
             if payload is KEEPALIVE:
                 yield KEEPALIVE
                 continue
             if payload.strip() == "[DONE]":
                 state.done = True
+                await _drain(payloads)
                 break
             try:
                 chunk = json.loads(payload)
