@@ -69,8 +69,32 @@ def parse_json_bytes(raw: bytes) -> Any:
     except ValueError as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
     if "\\u0000" in text:  # the databases cannot store NUL in text; no field needs one
-        raise InvalidRequest("request body must not contain NUL characters (\\u0000)")
+        path = _nul_path(data)
+        if path is not None:
+            raise InvalidRequest(
+                f"{path or 'body'}: must not contain NUL characters (\\u0000)", param=path or None
+            )
     return data
+
+
+def _nul_path(value: Any, path: str = "") -> str | None:
+    """The path of the first string (or key) holding a NUL character, or None."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            child = f"{path}.{key}" if path else str(key)
+            if "\x00" in key:
+                return child
+            found = _nul_path(item, child)
+            if found is not None:
+                return found
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _nul_path(item, f"{path}[{index}]")
+            if found is not None:
+                return found
+    return None
 
 
 def read_body(request: HttpRequest) -> bytes:
