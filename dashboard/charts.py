@@ -19,6 +19,7 @@ RIGHT = 12
 TOP = 14
 BOTTOM = 34  # room for the x labels
 MAX_X_LABELS = 12
+NICE_MULTIPLES = (1, 2, 3, 6, 12, 24, 48, 72, 168, 336, 720)  # of the bucket size
 SERIES_CLASSES = 8  # .s0 … .s7 in app.css; the last one is "other"
 
 
@@ -98,6 +99,20 @@ def nice_ticks(maximum: float, count: int = 4) -> list[float]:
     return ticks
 
 
+def _label_indexes(buckets: Sequence[datetime]) -> list[int]:
+    """The buckets that get an x label: at most MAX_X_LABELS, on round times (every 3 hours,
+    at midnight, every other day...), counted in UTC from the epoch."""
+    if len(buckets) < 2:
+        return list(range(len(buckets)))
+    unit = int((buckets[1] - buckets[0]).total_seconds())
+    multiple = next(
+        (m for m in NICE_MULTIPLES if len(buckets) / m <= MAX_X_LABELS), NICE_MULTIPLES[-1]
+    )
+    period = unit * multiple
+    chosen = [i for i, when in enumerate(buckets) if int(when.timestamp()) % period == 0]
+    return chosen or [0]
+
+
 def stacked_bars(
     buckets: Sequence[datetime],
     series: Sequence[tuple[str, Sequence[float]]],
@@ -118,6 +133,7 @@ def stacked_bars(
     rects: list[Rect] = []
     for i, when in enumerate(buckets):
         base = 0.0
+        when_label = bucket_label(when)
         for index, (name, values) in enumerate(series):
             value = values[i]
             if not value:
@@ -132,15 +148,13 @@ def stacked_bars(
                     width=round(bar, 1),
                     height=round(max(y_bottom - y_top, 0.5), 1),
                     series=min(index, SERIES_CLASSES - 1),
-                    title=f"{bucket_label(when)} · {name}: {compact(value)} {unit}",
+                    title=f"{when_label} · {name}: {compact(value)} {unit}",
                 )
             )
     y_ticks = [Tick(round(TOP + plot_height * (1 - t / top_value), 1), compact(t)) for t in ticks]
-    every = max(1, math.ceil(len(buckets) / MAX_X_LABELS))
     x_ticks = [
-        Tick(round(LEFT + i * slot + slot / 2, 1), axis_label(when))
-        for i, when in enumerate(buckets)
-        if i % every == 0
+        Tick(round(LEFT + i * slot + slot / 2, 1), axis_label(buckets[i]))
+        for i in _label_indexes(buckets)
     ]
     legend = [
         Legend(min(index, SERIES_CLASSES - 1), name, sum(values))

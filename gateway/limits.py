@@ -52,6 +52,10 @@ class Limit:
     limit: int
     window_ms: int
     label: str
+    # A rule's `queue`: wait up to max_wait_ms for room, with at most max_depth requests waiting
+    # (counted per process).
+    max_depth: int = 0
+    max_wait_ms: int = 0
 
 
 def limits_for(route: Route, caller: Caller, user: str | None = None) -> list[Limit]:
@@ -77,12 +81,15 @@ def limits_for(route: Route, caller: Caller, user: str | None = None) -> list[Li
                 continue
             subject = f"ext:{caller.org.pk}:{caller.on_behalf_of}"
         seconds = window_ms // 1000
+        queue = rule.get("queue") or {}
         out.append(
             Limit(
                 f"{base}:{index}:{scope}:{subject}",
                 rule["rpm"],
                 window_ms,
                 f"{rule['rpm']} requests per {seconds} s ({scope})",
+                max_depth=int(queue.get("maxDepth") or 0),
+                max_wait_ms=int(queue.get("maxWaitMs") or 0),
             )
         )
     return out
@@ -125,30 +132,58 @@ def _script() -> Any:
     return script
 
 
+async def _try(limits: list[Limit]) -> tuple[int, float]:
+    """(0, 0) when admitted and charged; else (1-based index of the full window, ms to wait)."""
+    now_ms = time.time() * 1000
+    if not settings.REDIS_URL:
+        return _local.take(limits, now_ms)
+    args: list[Any] = [int(now_ms), uuid.uuid4().hex]
+    for limit in limits:
+        args += [limit.limit, limit.window_ms]
+    try:
+        index, wait_ms = await _script()(keys=[lim.key for lim in limits], args=args)
+    except Exception as exc:  # redis.exceptions.RedisError and connection failures
+        raise ServiceUnavailable(
+            "rate limiter unavailable; try again shortly", headers={"Retry-After": "1"}
+        ) from exc
+    return int(index), float(wait_ms)
+
+
+_waiting: dict[str, int] = {}
+
+
 async def acquire(limits: list[Limit]) -> None:
-    """Admit the request or raise RateLimited (429 with Retry-After)."""
+    """Admit the request or raise RateLimited (429 with Retry-After). A full window whose rule
+    has a `queue` makes the request wait for room instead, within the queue's bounds."""
     if not limits:
         return
-    now_ms = time.time() * 1000
-    if settings.REDIS_URL:
-        args: list[Any] = [int(now_ms), uuid.uuid4().hex]
-        for limit in limits:
-            args += [limit.limit, limit.window_ms]
-        try:
-            index, wait_ms = await _script()(keys=[lim.key for lim in limits], args=args)
-        except Exception as exc:  # redis.exceptions.RedisError and connection failures
-            raise ServiceUnavailable(
-                "rate limiter unavailable; try again shortly", headers={"Retry-After": "1"}
-            ) from exc
-    else:
-        index, wait_ms = _local.take(limits, now_ms)
-    if index:
-        limit = limits[int(index) - 1]
-        retry_after = max(1, int((float(wait_ms) + 999) // 1000))
-        raise RateLimited(
-            f"rate limit exceeded: {limit.label}; retry after {retry_after} s",
-            headers={"Retry-After": str(retry_after)},
-        )
+    deadline: float | None = None
+    queued_on: str | None = None
+    try:
+        while True:
+            index, wait_ms = await _try(limits)
+            if not index:
+                return
+            limit = limits[index - 1]
+            now = time.monotonic()
+            if (
+                deadline is None
+                and limit.max_wait_ms > 0
+                and _waiting.get(limit.key, 0) < limit.max_depth
+            ):
+                deadline = now + limit.max_wait_ms / 1000
+                queued_on = limit.key
+                _waiting[limit.key] = _waiting.get(limit.key, 0) + 1
+            if deadline is None or now + wait_ms / 1000 > deadline:
+                retry_after = max(1, int((wait_ms + 999) // 1000))
+                raise RateLimited(
+                    f"rate limit exceeded: {limit.label}; retry after {retry_after} s",
+                    headers={"Retry-After": str(retry_after)},
+                )
+            await asyncio.sleep(max(wait_ms / 1000, 0.01))
+    finally:
+        if queued_on is not None:
+            _waiting[queued_on] -= 1
 
 
 def reset_local() -> None:

@@ -37,7 +37,7 @@ from gateway.chat import CHAT_FORMATS
 from orgs import generation, hotcache
 from orgs.auth import Caller
 from orgs.errors import ServiceError
-from registry.resolve import visible_entries
+from registry.resolve import RouteError, resolve_route, visible_entries
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +78,15 @@ def chat_model_choices(access: OrgAccess) -> list[tuple[str, str]]:
         name = entry.definition.get("displayName")
         choices.append((entry.id, f"{entry.id} · {name}" if name else entry.id))
     return choices
+
+
+def default_model(access: OrgAccess, models: list[tuple[str, str]]) -> str:
+    """`auto` when the org has a working one, else the first model."""
+    try:
+        resolve_route(access.org, "auto")
+    except RouteError:
+        return models[1][0] if len(models) > 1 else "auto"
+    return "auto"
 
 
 class PlaygroundForm(forms.Form):
@@ -258,7 +267,7 @@ def playground(request: HtmxHttpRequest, slug: str) -> HttpResponse:
     access = get_org_for_user(request, slug)
     models = chat_model_choices(access)
     if request.method == "GET":
-        initial = {"model": models[1][0] if len(models) > 1 else "auto"}
+        initial = {"model": default_model(access, models)}
         form = PlaygroundForm(initial=initial, models=models)
         template = TEMPLATE + ("#playground" if wants_fragment(request) else "")
         return render(request, template, _page_context(access, form))
@@ -397,8 +406,9 @@ def _record_refusal(
 
 
 async def answer_events(caller: Caller, body: dict[str, Any], lane: str) -> AsyncIterator[bytes]:
-    """SSE events of one answer: `token` (escaped HTML, one per upstream delta), `error`, and
-    always a final `done` with the stats (and the answer, for the next turn's history)."""
+    """SSE events of one answer: `token` (escaped HTML, one per upstream delta), `failure`
+    (never `error`, which EventSource takes for a broken connection), and always a final `done`
+    with the stats (and the answer, for the next turn's history)."""
     stats = StreamStats(requested=body["model"])
     parts: list[str] = []
     failed = False
@@ -415,7 +425,7 @@ async def answer_events(caller: Caller, body: dict[str, Any], lane: str) -> Asyn
         except ServiceError as exc:
             _record_refusal(caller, body, call, exc)
             failed = True
-            yield sse("error", _fragment("pg-error", {"message": _error_text(exc)}))
+            yield sse("failure", _fragment("pg-error", {"message": _error_text(exc)}))
         else:
             assert call is not None
             chunks = chat.orpc_chunks(call, response)
@@ -435,7 +445,7 @@ async def answer_events(caller: Caller, body: dict[str, Any], lane: str) -> Asyn
             except chat.UpstreamStreamError as exc:
                 failed = True
                 message = f"Upstream failed mid-answer: {exc}"
-                yield sse("error", _fragment("pg-error", {"message": message}))
+                yield sse("failure", _fragment("pg-error", {"message": message}))
         stats.finished_at = time.perf_counter()
         answer = ""
         if not failed:
@@ -447,7 +457,7 @@ async def answer_events(caller: Caller, body: dict[str, Any], lane: str) -> Asyn
     except Exception:  # a bug, not the upstream: say so instead of a silently dead stream
         logger.exception("playground stream of %s failed", body.get("model"))
         message = "The server failed while answering; the error was logged."
-        yield sse("error", _fragment("pg-error", {"message": message}))
+        yield sse("failure", _fragment("pg-error", {"message": message}))
         yield sse("done", _fragment("pg-done", {"stats": stats, "answer": ""}))
     finally:
         # Also when the client left (cancelled): the upstream call ends here, at once.

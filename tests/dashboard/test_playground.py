@@ -23,7 +23,7 @@ from django.test import AsyncClient
 from dashboard.views.playground import Turn, lane_messages, parse_history
 from gateway.models import UsageRecord
 from orgs.models import ApiKey
-from registry.services import remove_model
+from registry.services import put_grants, remove_model
 from tests.dashboard.conftest import HTMX, PASSWORD
 from tests.upstream_server import UpstreamServer
 
@@ -129,6 +129,14 @@ def test_the_page_offers_auto_and_the_orgs_chat_models(people, login, make_model
     assert "globex:secret-model" not in body
     assert 'hx-ext="sse"' in body
     assert "/static/playground.js" in body
+
+
+def test_the_model_picked_at_first_is_auto_when_the_org_has_one(people, login, make_model):
+    make_model(people.org_a, "acme:chat-1")
+    # The test operator YAML's auto model (cluster:chat-a) is not granted to org A yet.
+    assert '<option value="acme:chat-1" selected>' in login(people.bob).get(URL).content.decode()
+    put_grants(people.org_a, ["cluster:chat-a"], actor="test")
+    assert '<option value="auto" selected>' in login(people.bob).get(URL).content.decode()
 
 
 def test_htmx_get_is_a_fragment(people, login):
@@ -336,8 +344,10 @@ def test_upstream_errors_are_shown_in_the_transcript(people, login, up_model, be
     [url] = stream_urls(send(login(people.bob)).content.decode())
     status, events, _ = open_stream(people.bob, url)
     assert status == 200
-    errors = [html.unescape(d) for e, d in events if e == "error"]
+    errors = [html.unescape(d) for e, d in events if e == "failure"]
     assert len(errors) == 1 and expected in errors[0], errors
+    # An SSE event named "error" would fire the EventSource's onerror (a broken connection).
+    assert "error" not in [name for name, _ in events]
     assert events[-1][0] == "done"
     assert 'name="msg"' not in events[-1][1]  # a failed answer is not sent again
 
@@ -348,7 +358,7 @@ def test_a_model_removed_before_the_stream_is_a_readable_404(people, login, up_m
     [url] = stream_urls(send(login(people.bob)).content.decode())
     remove_model(people.org_a, "acme:up", actor="test")
     _, events, _ = open_stream(people.bob, url)
-    [error] = [html.unescape(d) for e, d in events if e == "error"]
+    [error] = [html.unescape(d) for e, d in events if e == "failure"]
     assert "Model not found (HTTP 404): model 'acme:up' not found" in error
 
 
