@@ -6,6 +6,7 @@ from __future__ import annotations
 import secrets
 from typing import TYPE_CHECKING
 
+from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
@@ -122,6 +123,14 @@ class Batch(models.Model):
         on_delete=models.SET_NULL,
         related_name="+",
         help_text="The creator: lines run with this key's rights and limits.",
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="The dashboard user who created it (when no API key did).",
     )
     # RESTRICT (not PROTECT) so that deleting an org, which cascades to both, still works.
     input_file = models.ForeignKey(File, on_delete=models.RESTRICT, related_name="+")

@@ -363,7 +363,7 @@ _SETTLE = {
     "revoked": (
         ItemStatus.FAILED,
         "key_revoked",
-        "the API key that created the batch was revoked or deleted",
+        "the API key (or dashboard user) that created the batch was revoked or removed",
     ),
 }
 
@@ -375,7 +375,7 @@ def _stop_reason(batch: Batch) -> str | None:
         return None
     if timezone.now() >= batch.expires_at:
         return "expire"
-    if not ApiKey.objects.filter(pk=batch.api_key_id, revoked_at__isnull=True).exists():
+    if _caller(batch) is None:
         return "revoked"
     return None
 
@@ -571,14 +571,38 @@ def _event_loop() -> asyncio.AbstractEventLoop:
 
 
 def _caller(batch: Batch) -> Caller | None:
-    key = (
-        ApiKey.objects.select_related("org")
-        .filter(pk=batch.api_key_id, revoked_at__isnull=True)
-        .first()
-    )
-    if key is None:
+    """Who the lines run as: the creating API key while it is not revoked, or the creating
+    dashboard user while they are active and still a member of the org (superusers always)."""
+    if batch.api_key_id is not None:
+        key = (
+            ApiKey.objects.select_related("org")
+            .filter(pk=batch.api_key_id, revoked_at__isnull=True)
+            .first()
+        )
+        if key is None:
+            return None
+        return Caller.for_key(key, batch.end_user or None)
+    if batch.created_by_id is None:
         return None
-    return Caller(org=key.org, key=key, on_behalf_of=batch.end_user or None)
+    from django.contrib.auth import get_user_model
+
+    from orgs.models import Membership, Org
+
+    user = get_user_model().objects.filter(pk=batch.created_by_id, is_active=True).first()
+    if user is None:
+        return None
+    org = Org.objects.get(pk=batch.org_id)
+    role = Membership.objects.filter(user=user, org=org).values_list("role", flat=True).first()
+    if role is None and not user.is_superuser:
+        return None
+    caller = Caller.for_user(user, org, role or "admin")
+    return Caller(
+        org=caller.org,
+        user=user,
+        role=caller.role,
+        cluster_admin=caller.cluster_admin,
+        on_behalf_of=batch.end_user or None,
+    )
 
 
 def execute(batch: Batch, worker: str) -> str:
@@ -874,7 +898,7 @@ class _Run:
             return "lost"
         state = (
             Batch.objects.filter(pk=self.batch_pk)
-            .values("status", "expires_at", "api_key__revoked_at", "api_key_id")
+            .values("status", "expires_at", "api_key__revoked_at", "api_key_id", "created_by_id")
             .first()
         )
         if state is None:
@@ -885,7 +909,10 @@ class _Run:
             return "lost"
         if now >= state["expires_at"]:
             return "expire"
-        if state["api_key_id"] is None or state["api_key__revoked_at"] is not None:
+        if state["api_key_id"] is not None:
+            if state["api_key__revoked_at"] is not None:
+                return "revoked"
+        elif state["created_by_id"] is None or _caller(Batch.objects.get(pk=self.batch_pk)) is None:
             return "revoked"
         return None
 
@@ -921,21 +948,27 @@ class _Run:
             self._halt("lost")
 
     def _persist(self, outcomes: list[_Outcome]) -> bool:
-        """Record finished lines, each once, with the counters, under the lease."""
+        """Record finished lines, each once, with the counters, under the lease: one transaction
+        that is rolled back if the lease turns out to be someone else's."""
+        try:
+            return self._persist_with(_record_all, outcomes)
+        except DataError:  # a response the database cannot hold (NUL in PostgreSQL JSON)
+            return self._persist_with(_record_each, outcomes)
+
+    def _persist_with(
+        self, record: Callable[[list[_Outcome], Any], tuple[int, int]], outcomes: list[_Outcome]
+    ) -> bool:
         now = timezone.now()
         with transaction.atomic():
-            if not _fence(self.batch_pk, self.worker):
-                return False
-            try:
-                with transaction.atomic():
-                    succeeded, failed = _record_all(outcomes, now)
-            except DataError:  # one response the database cannot hold (NUL in PostgreSQL JSON)
-                succeeded, failed = _record_each(outcomes, now)
-            if succeeded or failed:
-                Batch.objects.filter(pk=self.batch_pk).update(
-                    completed=F("completed") + succeeded, failed=F("failed") + failed
-                )
-        return True
+            succeeded, failed = record(outcomes, now)
+            owned = Batch.objects.filter(pk=self.batch_pk, worker_id=self.worker).update(
+                heartbeat_at=now,
+                completed=F("completed") + succeeded,
+                failed=F("failed") + failed,
+            )
+            if not owned:
+                transaction.set_rollback(True)
+        return bool(owned)
 
 
 def _record_all(outcomes: list[_Outcome], now: Any) -> tuple[int, int]:

@@ -193,6 +193,7 @@ def create_batch(caller: Caller, body: dict[str, Any]) -> Batch:
             org=caller.org,
             end_user=caller.on_behalf_of or "",
             api_key=caller.key,
+            created_by=caller.user if caller.key is None else None,
             input_file=input_file,
             endpoint=endpoint,
             completion_window=window,

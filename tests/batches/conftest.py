@@ -86,8 +86,11 @@ class Worker:
             "dashboard",
             "worker",
             "-B",
+            # BATCH_TEST_WORKER_POOL=prefork runs the suite against `make run`'s kind of worker.
             "--pool",
-            "solo",
+            os.environ.get("BATCH_TEST_WORKER_POOL", "solo"),
+            "--concurrency",
+            "2",
             "--loglevel",
             "INFO",
             "--without-gossip",

@@ -320,3 +320,27 @@ def test_a_broker_that_is_down_does_not_hold_up_create(world, worker, batch_mode
     assert batch.status == "validating"
     done = wait_status(sdk, batch.id, TERMINAL, timeout=30)
     assert done.status == "completed"
+
+
+def test_a_batch_started_by_a_dashboard_user_runs_as_that_user(world, worker, batch_model, sdk_for):
+    from django.contrib.auth import get_user_model
+
+    from batches import services as batch_services
+    from orgs.auth import Caller
+    from orgs.models import Membership
+
+    model = batch_model(world.org_a, "acme:user-echo", "echo")
+    sdk = sdk_for(world.bob)
+    file = upload(sdk, chat_lines(5, model))
+    user = get_user_model().objects.create_user("erin", password="pw-erin-123456")
+    Membership.objects.create(user=user, org=world.org_a, role="member")
+    caller = Caller.for_user(user, world.org_a, "member")
+    stored = batch_services.get_file(Caller.for_key(world.bob.key), file.id)
+    batch = batch_services.create_batch(
+        caller,
+        {"input_file_id": stored.public_id, "endpoint": "/v1/chat/completions"},
+    )
+    assert batch.api_key_id is None and batch.created_by_id == user.pk
+    done = wait_status(sdk, batch.public_id, TERMINAL)
+    assert done.status == "completed", done
+    assert done.request_counts.completed == 5
