@@ -38,13 +38,12 @@ def flush() -> int:
 
 
 async def _flusher() -> None:
-    from asgiref.sync import sync_to_async
+    from orgs.asyncdb import run_db
 
-    flush_async = sync_to_async(flush, thread_sensitive=False)
     while True:
         await asyncio.sleep(FLUSH_INTERVAL)
         if _buffer:
-            await flush_async()
+            await run_db(flush)
 
 
 def _ensure_flusher() -> None:

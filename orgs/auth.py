@@ -147,6 +147,7 @@ def _touch(key_id: int, when: object) -> None:
 
 
 _last_touch: dict[int, float] = {}
+_background: set[Any] = set()
 
 
 async def aauthenticate(request: HttpRequest) -> Caller:
@@ -155,9 +156,8 @@ async def aauthenticate(request: HttpRequest) -> Caller:
     import asyncio
     import time
 
-    from asgiref.sync import sync_to_async
-
     from orgs import generation, hotcache
+    from orgs.asyncdb import run_db
 
     token = bearer_token(request)
     on_behalf_of = parse_on_behalf_of(request)
@@ -165,13 +165,15 @@ async def aauthenticate(request: HttpRequest) -> Caller:
     digest = hash_key(token)
     key = hotcache.get("key", digest)
     if key is hotcache.MISSING:
-        key = await sync_to_async(_load_key, thread_sensitive=False)(digest)
+        key = await run_db(_load_key, digest)
         hotcache.put("key", digest, key)
     if key is None:
         raise AuthenticationFailed("invalid API key")
     now = time.monotonic()
     if now - _last_touch.get(key.pk, -1e9) > LAST_USED_RESOLUTION.total_seconds():
         _last_touch[key.pk] = now
-        task = asyncio.get_running_loop().run_in_executor(None, _touch, key.pk, timezone.now())
-        task.add_done_callback(lambda f: f.exception())
+        task = asyncio.ensure_future(run_db(_touch, key.pk, timezone.now()))
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
     return Caller.for_key(key, on_behalf_of)

@@ -146,9 +146,9 @@ async def _read_now() -> int:
                 "the configuration cache (Redis) is unavailable; try again shortly",
                 headers={"Retry-After": "1"},
             ) from exc
-    from asgiref.sync import sync_to_async
+    from orgs.asyncdb import run_db
 
-    return await sync_to_async(_db_read, thread_sensitive=False)()
+    return await run_db(_db_read)
 
 
 def _bump_now() -> None:

@@ -212,6 +212,6 @@ def preflight(route: Route) -> bool:
 
 
 async def apreflight(route: Route) -> bool:
-    from asgiref.sync import sync_to_async
+    from orgs.asyncdb import run_db
 
-    return await sync_to_async(preflight, thread_sensitive=False)(route)
+    return await run_db(preflight, route)

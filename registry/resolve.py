@@ -238,18 +238,108 @@ def resolve_route(org: Org, name: str, endpoint: str = "completions") -> Route:
 async def aresolve_route(org: Org, name: str, endpoint: str = "completions") -> Route:
     """`resolve_route` cached in process until the config generation moves (the caller has
     synced `orgs.hotcache` for this request) or the operator YAML is reloaded."""
-    from asgiref.sync import sync_to_async
-
     from orgs import hotcache
+    from orgs.asyncdb import run_db
 
     key = (org.pk, name, endpoint, id(get_cluster_registry()))
     cached = hotcache.get("route", key)
     if cached is hotcache.MISSING:
         try:
-            cached = await sync_to_async(resolve_route, thread_sensitive=False)(org, name, endpoint)
+            cached = await run_db(resolve_route, org, name, endpoint)
         except RouteError as exc:
             cached = exc
         hotcache.put("route", key, cached)
     if isinstance(cached, RouteError):
         raise cached
     return cached
+
+
+# ---------------------------------------------------------------------------------------------
+# Summaries: the listing columns of every visible model, without decoding org definitions
+
+
+@dataclass(frozen=True)
+class Summary:
+    """One visible model's listing columns. Org models are read from the denormalized columns
+    that `RegistryModel.set_definition` keeps in sync, so `definition` is never decoded."""
+
+    id: str
+    source: str  # "database" or "yaml"
+    display_name: str
+    provider: str
+    api_format: str
+    context_window: int | None
+    rpm: int | None
+    hidden: bool
+    health_key: str
+    upstream_model: str = ""
+    # definition.healthCheck.mode, read only with `visible_summaries(..., check_mode=True)`
+    check_mode: str | None = None
+
+    @property
+    def immutable(self) -> bool:
+        return self.source == "yaml"
+
+
+_SUMMARY_FIELDS = (
+    "pk",
+    "registry_id",
+    "display_name",
+    "provider",
+    "upstream_model",
+    "api_format",
+    "context_window",
+    "rpm",
+    "hidden",
+)
+
+
+def cluster_summary(model: ClusterModel) -> Summary:
+    d = model.definition
+    return Summary(
+        id=model.id,
+        source="yaml",
+        display_name=d.get("displayName") or "",
+        provider=d.get("provider", ""),
+        api_format=d["apiFormat"],
+        context_window=d.get("contextWindow"),
+        rpm=d.get("rpm"),
+        hidden=bool(d.get("hidden")),
+        health_key=model.health_key,
+        upstream_model=d.get("modelId", ""),
+        check_mode=(d.get("healthCheck") or {}).get("mode"),
+    )
+
+
+def visible_summaries(org: Org, *, check_mode: bool = False) -> list[Summary]:
+    """`visible_entries` as light summaries (same models, same order): one query for the org
+    models' columns, one for the grants. `check_mode` also reads definition.healthCheck.mode
+    in the database (a JSON key lookup, not a decode of every definition)."""
+    from django.db.models.fields.json import KeyTextTransform
+
+    registry = get_cluster_registry()
+    qs = RegistryModel.objects.for_org(org).order_by()
+    if check_mode:
+        qs = qs.annotate(_check_mode=KeyTextTransform("mode", "definition__healthCheck"))
+    summaries = [
+        Summary(
+            id=row["registry_id"],
+            source="database",
+            display_name=row["display_name"] or "",
+            provider=row["provider"],
+            api_format=row["api_format"],
+            context_window=row["context_window"],
+            rpm=row["rpm"],
+            hidden=row["hidden"],
+            health_key=f"db:{row['pk']}",
+            upstream_model=row["upstream_model"],
+            check_mode=row.get("_check_mode"),
+        )
+        for row in qs.values(*_SUMMARY_FIELDS, *(["_check_mode"] if check_mode else []))
+    ]
+    own = {s.id for s in summaries}
+    summaries += [
+        cluster_summary(registry.models[mid]) for mid in granted_ids(org) if mid not in own
+    ]
+    summaries.sort(key=lambda s: s.id)
+    return summaries

@@ -94,6 +94,22 @@ def live_url(django_db_setup: Any, django_db_blocker: Any) -> Iterator[str]:
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(timeout=5)
+    with django_db_blocker.unblock():
+        _drop_other_connections()
+
+
+def _drop_other_connections() -> None:
+    """Close connections the server's worker threads may still hold, so that PostgreSQL lets
+    the test database be dropped at the end of the session."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
 
 
 @dataclass

@@ -26,7 +26,7 @@ from dashboard.views.models import dom_id
 from orgs.errors import NotFound
 from registry import health, services
 from registry.models import HealthCheckResult, HealthStatus
-from registry.resolve import Entry, visible_entries
+from registry.resolve import Entry, Summary, visible_summaries
 
 PAGE_SIZE = 50
 HISTORY_BARS = 30
@@ -47,9 +47,15 @@ class Bar:
 
 @dataclass(frozen=True)
 class HealthRow:
-    entry: Entry
+    entry: Entry | Summary  # a light summary on the page, a full entry after "Check now"
     status: HealthStatus | None
     bars: list[Bar]
+
+    @property
+    def check_mode(self) -> str | None:
+        if isinstance(self.entry, Summary):
+            return self.entry.check_mode
+        return (self.entry.definition.get("healthCheck") or {}).get("mode")
 
     @property
     def dom_id(self) -> str:
@@ -114,7 +120,7 @@ def _history(keys: list[str]) -> dict[str, list[HealthCheckResult]]:
     return out
 
 
-def _rows(entries: list[Entry]) -> list[HealthRow]:
+def _rows(entries: list[Entry] | list[Summary]) -> list[HealthRow]:
     keys = [e.health_key for e in entries]
     statuses = services.health_map(keys)
     history = _history(keys)
@@ -139,7 +145,8 @@ def _chart() -> dict[str, int]:
 def health_list(request: HtmxHttpRequest, slug: str) -> HttpResponse:
     """GET handler for the health table (50 models a page)."""
     access = get_org_for_user(request, slug)
-    paginator = Paginator(visible_entries(access.org), PAGE_SIZE)
+    # Light summaries: no model definition is decoded.
+    paginator = Paginator(visible_summaries(access.org, check_mode=True), PAGE_SIZE)
     page = paginator.get_page(request.GET.get("page"))
     context = {
         "access": access,

@@ -8,6 +8,7 @@ from django.core.paginator import Paginator
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.cache import add_never_cache_headers
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods
 from django.views.decorators.vary import vary_on_headers
 from django_htmx.http import trigger_client_event
@@ -23,6 +24,7 @@ PAGE_SIZE = 50
 
 @require_http_methods(["GET", "POST"])
 @login_required
+@never_cache  # a raw key is shown once: never from a cache, nor the back/forward cache
 @vary_on_headers("HX-Request")
 def key_list(request: HtmxHttpRequest, slug: str) -> HttpResponse:
     """GET lists the org's keys; POST issues one and shows its raw value, this once."""

@@ -27,8 +27,9 @@ from dashboard.views.access import (
 )
 from orgs.errors import ServiceError
 from registry import health, services
-from registry.models import HealthStatus, RegistryModel
-from registry.resolve import Entry, visible_entries
+from registry.cluster import get_cluster_registry
+from registry.models import HealthStatus, ModelAlias, RegistryModel
+from registry.resolve import Summary, visible_summaries
 from registry.schemas import parse_definition
 
 PAGE_SIZE = 50
@@ -41,7 +42,7 @@ def dom_id(prefix: str, value: str) -> str:
 
 @dataclass(frozen=True)
 class ModelRow:
-    entry: Entry
+    entry: Summary
     status: HealthStatus | None
 
     @property
@@ -50,7 +51,7 @@ class ModelRow:
 
     @property
     def display_name(self) -> str:
-        return self.entry.definition.get("displayName") or ""
+        return self.entry.display_name
 
     @property
     def health(self) -> str:
@@ -62,10 +63,10 @@ class ModelRow:
     def dom_id(self) -> str:
         return dom_id("model", self.entry.id)
 
-    def matches(self, q: str) -> bool:
-        d = self.entry.definition
-        haystack = [self.id, self.display_name, d.get("provider", ""), d.get("modelId", "")]
-        haystack += d.get("aliases") or []
+    def matches(self, q: str, aliases: dict[str, list[str]]) -> bool:
+        s = self.entry
+        haystack = [self.id, self.display_name, s.provider, s.upstream_model]
+        haystack += aliases.get(s.health_key) or []
         q = q.casefold()
         return any(q in str(text).casefold() for text in haystack)
 
@@ -77,15 +78,15 @@ _SORT_KEYS: dict[str, Any] = {
     "name": lambda r: (r.display_name.casefold(), r.id),
     "source": lambda r: (r.entry.source, r.id),
     "format": lambda r: (r.entry.api_format, r.id),
-    "context": lambda r: (r.entry.definition.get("contextWindow") or 0, r.id),
-    "rpm": lambda r: (r.entry.definition.get("rpm") or 0, r.id),
+    "context": lambda r: (r.entry.context_window or 0, r.id),
+    "rpm": lambda r: (r.entry.rpm or 0, r.id),
     "hidden": lambda r: (r.entry.hidden, r.id),
     "health": lambda r: (_HEALTH_ORDER[r.health], r.id),
 }
 _UNSET: dict[str, Any] = {
     "name": lambda r: not r.display_name,
-    "context": lambda r: r.entry.definition.get("contextWindow") is None,
-    "rpm": lambda r: r.entry.definition.get("rpm") is None,
+    "context": lambda r: r.entry.context_window is None,
+    "rpm": lambda r: r.entry.rpm is None,
 }
 
 
@@ -96,14 +97,30 @@ def _sort(rows: list[ModelRow], sort: str) -> None:
         rows.sort(key=_UNSET[column])  # stable: keeps the order within set / unset
 
 
+def _aliases(org: Any) -> dict[str, list[str]]:
+    """The aliases of the org's models (health key → aliases) and of its granted operator
+    models, for the search: one query."""
+    out: dict[str, list[str]] = {}
+    for model_pk, alias in ModelAlias.objects.filter(org=org).values_list("model_id", "alias"):
+        out.setdefault(f"db:{model_pk}", []).append(alias)
+    registry = get_cluster_registry()
+    for model in registry.models.values():
+        out[model.health_key] = list(model.definition.get("aliases") or [])
+    return out
+
+
 def _rows(org: Any, filters: dict[str, str]) -> tuple[list[ModelRow], int]:
-    """The filtered, sorted rows and the org's total: a fixed number of queries."""
-    entries = visible_entries(org)
-    statuses = services.health_map([e.health_key for e in entries])
-    rows = [ModelRow(e, statuses.get(e.health_key)) for e in entries]
+    """The filtered, sorted rows and the org's total: a fixed number of queries. Rows carry
+    light summaries (no definition is decoded); health is looked up for every row only when
+    it filters or sorts, else by the caller for the page shown."""
+    summaries = visible_summaries(org)
+    need_health = bool(filters["health"]) or filters["sort"].lstrip("-") == "health"
+    statuses = services.health_map([s.health_key for s in summaries]) if need_health else {}
+    rows = [ModelRow(s, statuses.get(s.health_key)) for s in summaries]
     total = len(rows)
     if filters["q"]:
-        rows = [r for r in rows if r.matches(filters["q"])]
+        aliases = _aliases(org)
+        rows = [r for r in rows if r.matches(filters["q"], aliases)]
     if filters["source"]:
         rows = [r for r in rows if r.entry.source == filters["source"]]
     if filters["format"]:
@@ -112,6 +129,12 @@ def _rows(org: Any, filters: dict[str, str]) -> tuple[list[ModelRow], int]:
         rows = [r for r in rows if r.health == filters["health"]]
     _sort(rows, filters["sort"])
     return rows, total
+
+
+def _with_health(rows: list[ModelRow]) -> list[ModelRow]:
+    """The rows of one page with their health status: one query."""
+    statuses = services.health_map([r.entry.health_key for r in rows])
+    return [ModelRow(r.entry, statuses.get(r.entry.health_key)) for r in rows]
 
 
 SORT_COLUMNS = [
@@ -136,6 +159,9 @@ def model_list(request: HtmxHttpRequest, slug: str) -> HttpResponse:
     rows, total = _rows(access.org, filters)
     paginator = Paginator(rows, PAGE_SIZE)
     page = paginator.get_page(request.GET.get("page"))
+    need_health = bool(filters["health"]) or filters["sort"].lstrip("-") == "health"
+    if not need_health:
+        page.object_list = _with_health(list(page.object_list))
     sort = filters["sort"]
     columns = [
         {
