@@ -117,23 +117,6 @@ def bearer_token(request: HttpRequest) -> str:
     return token
 
 
-def authenticate(request: HttpRequest) -> Caller:
-    """The caller behind a request, or AuthenticationFailed. Never echoes the token."""
-    token = bearer_token(request)
-    key = (
-        ApiKey.objects.select_related("org")
-        .filter(key_hash=hash_key(token), revoked_at__isnull=True)
-        .first()
-    )
-    if key is None:
-        raise AuthenticationFailed("invalid API key")
-    now = timezone.now()
-    if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
-        ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
-        key.last_used_at = now
-    return Caller.for_key(key, parse_on_behalf_of(request))
-
-
 def _load_key(digest: str) -> ApiKey | None:
     return (
         ApiKey.objects.select_related("org")
@@ -144,6 +127,18 @@ def _load_key(digest: str) -> ApiKey | None:
 
 def _touch(key_id: int, when: object) -> None:
     ApiKey.objects.filter(pk=key_id).update(last_used_at=when)
+
+
+def authenticate(request: HttpRequest) -> Caller:
+    """The caller behind a request, or AuthenticationFailed. Never echoes the token."""
+    key = _load_key(hash_key(bearer_token(request)))
+    if key is None:
+        raise AuthenticationFailed("invalid API key")
+    now = timezone.now()
+    if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
+        _touch(key.pk, now)
+        key.last_used_at = now
+    return Caller.for_key(key, parse_on_behalf_of(request))
 
 
 _last_touch: dict[int, float] = {}

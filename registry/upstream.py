@@ -806,9 +806,6 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-_now_ms = now_ms
-
-
 def same_origin(a: str, b: str) -> bool:
     """Whether two URLs share scheme, host and port (auth headers only go to the model's origin)."""
     pa, pb = urlsplit(a), urlsplit(b)
@@ -899,7 +896,7 @@ def probe(
     def result(
         ok: bool, error: str | None, latency: int | None = None, status: int | None = None
     ) -> ProbeResult:
-        return ProbeResult(ok, _now_ms(), error, latency, status)
+        return ProbeResult(ok, now_ms(), error, latency, status)
 
     try:
         validate_url_syntax(url)

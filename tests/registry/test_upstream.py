@@ -655,7 +655,7 @@ def _assert_clean(result: ProbeResult) -> None:
 
 
 def test_probe_200(http_server: _RecordingServer) -> None:
-    before = upstream._now_ms()
+    before = upstream.now_ms()
     result = _probe(
         f"http://127.0.0.1:{http_server.port}/ok?token=abc",
         headers={"Authorization": f"Bearer {SECRET}"},
