@@ -15,7 +15,9 @@ FLUSH_INTERVAL = 1.0
 FLUSH_SIZE = 500
 
 _buffer: list[UsageRecord] = []
-_lock = threading.Lock()
+_lock = threading.Lock()  # guards _buffer
+_write_lock = threading.Lock()  # one writer at a time; flush() returns after any write in flight
+_paused = False
 _flushers: dict[int, asyncio.Task[None]] = {}
 
 
@@ -26,15 +28,38 @@ def _take() -> list[UsageRecord]:
     return batch
 
 
-def flush() -> int:
-    """Write buffered records now (sync; also used by tests and at shutdown)."""
-    batch = _take()
-    if batch:
-        try:
-            UsageRecord.objects.bulk_create(batch, batch_size=500)
-        except Exception:
-            logger.exception("could not write %d usage records", len(batch))
-    return len(batch)
+def flush(*, background: bool = False) -> int:
+    """Write buffered records now (sync; also used by tests and at shutdown). Waits for a write
+    already in flight, so that once it returns nothing buffered before the call is unwritten.
+    A background flush does nothing while background writes are paused."""
+    with _write_lock:
+        if background and _paused:
+            return 0
+        batch = _take()
+        if batch:
+            try:
+                UsageRecord.objects.bulk_create(batch, batch_size=500)
+            except Exception:
+                logger.exception("could not write %d usage records", len(batch))
+        return len(batch)
+
+
+def pause_background_writes() -> None:
+    """Stop the background flusher from touching the database (it keeps buffering) until
+    `resume_background_writes`; returns once a write in flight has finished. Used before the
+    database is emptied or closed under a running server."""
+    global _paused
+    with _write_lock:
+        _paused = True
+
+
+def resume_background_writes(*, discard: bool = False) -> None:
+    """Let the background flusher write again; `discard` drops what was buffered meanwhile."""
+    global _paused
+    with _write_lock:
+        _paused = False
+        if discard:
+            _take()
 
 
 async def _flusher() -> None:
@@ -42,8 +67,8 @@ async def _flusher() -> None:
 
     while True:
         await asyncio.sleep(FLUSH_INTERVAL)
-        if _buffer:
-            await run_db(flush)
+        if _buffer and not _paused:
+            await run_db(flush, background=True)
 
 
 def _ensure_flusher() -> None:

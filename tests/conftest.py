@@ -63,6 +63,28 @@ def _fresh_caches() -> Iterator[None]:
     hotcache.clear()
 
 
+@pytest.fixture(autouse=True)
+def _quiet_usage_writes(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The live server writes usage records from a background task. Around a test with a
+    database, records left over from an earlier test are dropped, and at the end the buffer is
+    written and background writes paused before the database is emptied (an insert racing the
+    TRUNCATE deadlocks on PostgreSQL)."""
+    from gateway import usage
+
+    uses_db = any(
+        name in request.fixturenames for name in ("transactional_db", "world", "live_url")
+    )
+    if not uses_db:
+        yield
+        return
+    # Set the database up first so that it is torn down after the pause below.
+    request.getfixturevalue("transactional_db")
+    usage.resume_background_writes(discard=True)
+    yield
+    usage.flush()
+    usage.pause_background_writes()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -30,18 +30,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _gateway_state(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Fresh stream sessions, rate-limit windows and usage buffer around every test."""
-    from gateway import limits, sessions, usage
+def _gateway_state() -> Iterator[None]:
+    """Fresh stream sessions and rate-limit windows around every test (the usage buffer is
+    handled by tests/conftest.py)."""
+    from gateway import limits, sessions
 
-    if "transactional_db" in request.fixturenames or "world" in request.fixturenames:
-        # Set the database up first so that it is torn down after the final usage flush.
-        request.getfixturevalue("transactional_db")
     sessions.reset()
     limits.reset_local()
-    usage.flush()
     yield
-    usage.flush()
     sessions.reset()
     limits.reset_local()
 
