@@ -22,6 +22,8 @@ from orgs.models import ApiKey, Org, Role
 from orgs.services import create_org, issue_api_key, revoke_api_key
 from registry.cluster import reset_cluster_registry
 
+pytest_plugins = ["tests.canary"]
+
 FIXTURES = Path(__file__).parent / "fixtures"
 SECRET = "sk-canary-5f1c2b7e-provider-secret"
 
@@ -100,10 +102,11 @@ class _ThreadedServer(uvicorn.Server):
 def live_url(django_db_setup: Any, django_db_blocker: Any) -> Iterator[str]:
     """The project's ASGI application served by uvicorn on a free loopback port."""
     from dashboard.asgi import application
+    from tests.canary import scan_asgi
 
     port = free_port()
     config = uvicorn.Config(
-        application, host="127.0.0.1", port=port, log_level="warning", lifespan="off"
+        scan_asgi(application), host="127.0.0.1", port=port, log_level="warning", lifespan="off"
     )
     server = _ThreadedServer(config)
     thread = threading.Thread(target=server.run, daemon=True)
