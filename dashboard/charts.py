@@ -86,13 +86,17 @@ def compact(value: float) -> str:
     return f"{value:.1f}"
 
 
-def nice_ticks(maximum: float, count: int = 4) -> list[float]:
-    """0 and a few round steps (1, 2, 2.5 or 5 × 10ⁿ) up to at least `maximum`."""
+def nice_ticks(maximum: float, count: int = 4, *, whole: bool = False) -> list[float]:
+    """0 and a few round steps (1, 2, 2.5 or 5 × 10ⁿ) up to at least `maximum`; `whole` keeps
+    every step a whole number (for counts: no "2.5 requests")."""
     if maximum <= 0:
         return [0.0, 1.0]
     raw = maximum / count
     magnitude = 10 ** math.floor(math.log10(raw))
-    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
+    steps = [m * magnitude for m in (1, 2, 2.5, 5, 10)]
+    if whole:
+        steps = [step for step in steps if step >= 1 and step == int(step)]
+    step = next((step for step in steps if step >= raw), 1.0)
     ticks = [0.0]
     while ticks[-1] < maximum:
         ticks.append(round(ticks[-1] + step, 10))
@@ -121,10 +125,12 @@ def stacked_bars(
     axis_label: Callable[[datetime], str],
     unit: str,
     label: str,
+    whole: bool = True,
 ) -> BarChart:
-    """Bars per bucket, one stacked segment per series (values aligned with `buckets`)."""
+    """Bars per bucket, one stacked segment per series (values aligned with `buckets`); the
+    axis shows whole numbers unless `whole` is off."""
     totals = [sum(values[i] for _, values in series) for i in range(len(buckets))]
-    ticks = nice_ticks(max(totals, default=0))
+    ticks = nice_ticks(max(totals, default=0), whole=whole)
     top_value = ticks[-1]
     plot_height = HEIGHT - BOTTOM - TOP
     plot_width = WIDTH - RIGHT - LEFT

@@ -156,6 +156,25 @@ def field_for_param(param: str | None, auth_type: str | None) -> str | None:
     return None
 
 
+# Fields whose input is JSON text: their errors keep the path inside the value.
+JSON_FIELDS = frozenset(
+    {"rate_limits", "reroute_rules", "embedding_limits", "concurrency", "auth_composite"}
+)
+
+
+def form_message(message: str, param: str | None, field: str | None) -> str:
+    """The API's message ("baseUrl: must be …") as the form shows it: next to a plain field
+    the wire path is dropped (the field's label says which); above the form or under a JSON
+    field, or for one item of a list ("aliases[1]"), the path stays: it says where."""
+    if not param or field is None or field in JSON_FIELDS or "[" in param:
+        return message
+    prefix = f"{param}: "
+    if message.startswith(prefix):
+        rest = message[len(prefix) :]
+        return rest[:1].upper() + rest[1:]
+    return message
+
+
 def restore_secrets(new: Any, stored: Any) -> Any:
     """`new` auth with each marker "********" replaced by the stored secret at the same place:
     an api-key `value`, a custom header (by name), recursively through composite strategies
@@ -785,7 +804,7 @@ class ModelDefinitionForm(forms.Form):
         field = field_for_param(exc.param, auth_type if isinstance(auth_type, str) else None)
         if field not in self.fields:
             field = None
-        self.add_error(field, exc.message)
+        self.add_error(field, form_message(exc.message, exc.param, field))
 
     def scrub_secrets(self) -> None:
         """Before this bound form is shown again: drop every secret the user typed, so that no

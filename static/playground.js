@@ -88,7 +88,17 @@
   });
 
   document.addEventListener("htmx:sseMessage", function (evt) {
-    if (evt.target instanceof Element && evt.target.closest("#pg-transcript")) scrollToEnd();
+    if (!(evt.target instanceof Element) || !evt.target.closest("#pg-transcript")) return;
+    // The first token is in: the placeholder stops saying it is waiting for it.
+    if (evt.target.matches(".pg-text")) {
+      var stream = evt.target.closest("[data-pg-stream]");
+      var waiting = stream && stream.querySelector("[data-pg-waiting]");
+      if (waiting) {
+        waiting.removeAttribute("data-pg-waiting");
+        waiting.textContent = "Streaming…";
+      }
+    }
+    scrollToEnd();
   });
 
   document.addEventListener("htmx:afterSwap", function (evt) {

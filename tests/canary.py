@@ -9,7 +9,10 @@ runs, this plugin looks for them wherever the product could leak them:
   Celery workers and web processes the tests start;
 - the database at the end of each test that used it (before it is emptied or rolled back): a
   dump of every table (the ciphertext of the encrypted auth column cannot contain the plaintext,
-  so nothing is excepted) — and no full API key (`mk_…`) may be stored either, only its hash.
+  so nothing is excepted).
+
+No full API key (`mk_…`) may be logged or stored either (only its hash and prefix); HTTP bodies
+may carry one, since the response that issues a key shows it once.
 
 A hit fails the test during which it happened and names where it was found.
 """
@@ -40,8 +43,10 @@ class Tally:
     hits: list[str] = field(default_factory=list)
     pending: list[str] = field(default_factory=list)
 
-    def hit(self, where: str, data: bytes) -> None:
-        match = CANARY.search(data) or FULL_API_KEY.search(data)
+    def hit(self, where: str, data: bytes, *, api_keys: bool = False) -> None:
+        """Note a provider-key canary in `data` (and, with `api_keys`, a full API key: shown
+        once in the response that issues it, it must never be logged or stored)."""
+        match = CANARY.search(data) or (api_keys and FULL_API_KEY.search(data))
         if match:
             start = max(0, match.start() - 60)
             context = data[start : match.end() + 20].decode("utf-8", "replace")
@@ -127,7 +132,11 @@ class _LogScan(logging.Handler):
             text = str(record.msg)
         if record.exc_info:
             text += logging.Formatter().formatException(record.exc_info)
-        TALLY.hit(f"log record {record.name} {record.levelname}", text.encode("utf-8", "replace"))
+        TALLY.hit(
+            f"log record {record.name} {record.levelname}",
+            text.encode("utf-8", "replace"),
+            api_keys=True,
+        )
 
 
 def scan_log_file(path: Path) -> None:
@@ -136,7 +145,7 @@ def scan_log_file(path: Path) -> None:
     except OSError:
         return
     TALLY.log_files += 1
-    TALLY.hit(f"log file {path.name}", data)
+    TALLY.hit(f"log file {path.name}", data, api_keys=True)
 
 
 # --- database ----------------------------------------------------------------------------------
@@ -200,7 +209,7 @@ def _secrets_canary(request: pytest.FixtureRequest) -> Iterator[None]:
             logging.getLogger(__name__).debug("database not scanned: %s", exc)
         else:
             TALLY.db_scans += 1
-        TALLY.hit("database dump", dump)
+        TALLY.hit("database dump", dump, api_keys=True)
     found, TALLY.pending = list(TALLY.pending), []
     TALLY.hits.extend(found)
     if found:

@@ -446,6 +446,8 @@ def test_a_playground_answer_streams_in(team: Team, web: Web, upstream: Upstream
 
     def midway(step: int) -> None:
         if step == 4:
+            # Tokens are arriving: the stats line no longer waits for the first one.
+            assert answer.locator(".pg-stats").inner_text() == "Streaming…"
             web.screenshot("playground-streaming")
 
     seen = watch(answer, 10, midway)
