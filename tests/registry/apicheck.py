@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+import pytest
+from meetkai_mka1 import errors
 
 # api-contract.md §2.2: the `type` of each status. 415 is not in the table; it is a client error
 # about the request body, so it carries `invalid_request_error` like 400 and 413.
@@ -55,3 +59,23 @@ def assert_error(response: Any, status: int) -> dict[str, Any]:
     except ValueError:
         raise AssertionError(f"error {status} body is not JSON: {text[:500]!r}") from None
     return check_error_body(status, content_type, body)
+
+
+def assert_sdk_error(exc: errors.SDKError, status: int, type_: str) -> dict[str, Any]:
+    """The official client's error has this status and the §2.2 body; returns the inner error."""
+    assert exc.status_code == status, exc.body
+    body = json.loads(exc.body)
+    assert set(body) == {"error"}
+    error = body["error"]
+    assert {"message", "type", "param", "code"} <= set(error)
+    assert error["code"] == status and isinstance(error["code"], int)
+    assert error["type"] == type_
+    assert isinstance(error["message"], str) and error["message"]
+    return error
+
+
+def sdk_error(call: Any, /, *args: Any, **kw: Any) -> errors.SDKError:
+    """The SDKError that `call(*args, **kw)` raises (the test fails if it raises none)."""
+    with pytest.raises(errors.SDKError) as info:
+        call(*args, **kw)
+    return info.value

@@ -3,17 +3,17 @@ meetkai-mka1 against the live server."""
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import datetime
 from typing import Any
 
 import pytest
-from meetkai_mka1 import errors
 
 from registry.models import AutoModel, ClusterGrant
 from registry.services import put_grants
 from tests.conftest import auth
+from tests.registry.apicheck import assert_sdk_error as assert_error
+from tests.registry.apicheck import sdk_error
 
 ALL_CLUSTER = [
     "cluster:chat-a",
@@ -23,25 +23,6 @@ ALL_CLUSTER = [
     "cluster:tts",
 ]
 ISO_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
-
-
-def assert_error(exc: errors.SDKError, status: int, type_: str) -> dict[str, Any]:
-    """The SDK error has this status and the §2.2 body; returns the inner error object."""
-    assert exc.status_code == status, exc.body
-    body = json.loads(exc.body)
-    assert set(body) == {"error"}
-    error = body["error"]
-    assert {"message", "type", "param", "code"} <= set(error)
-    assert error["code"] == status and isinstance(error["code"], int)
-    assert error["type"] == type_
-    assert isinstance(error["message"], str) and error["message"]
-    return error
-
-
-def sdk_error(call: Any, /, *args: Any, **kw: Any) -> errors.SDKError:
-    with pytest.raises(errors.SDKError) as info:
-        call(*args, **kw)
-    return info.value
 
 
 def granted(org: Any) -> list[str]:

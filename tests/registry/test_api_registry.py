@@ -18,6 +18,8 @@ from meetkai_mka1 import errors
 from registry.models import RegistryModel
 from registry.services import put_grants
 from tests.conftest import SECRET, auth, model_body
+from tests.registry.apicheck import assert_sdk_error as assert_error
+from tests.registry.apicheck import sdk_error
 
 MARKER = "********"
 CLUSTER_SECRET = "sk-canary-cluster-secret"
@@ -44,25 +46,6 @@ def kwargs(body: dict[str, Any]) -> dict[str, Any]:
 
 def add(sdk: Any, model_id: str = "acme:chat-1", **overrides: Any) -> Any:
     return sdk.llm.models.add_registry_model(**kwargs(model_body(model_id, **overrides)))
-
-
-def assert_error(exc: errors.SDKError, status: int, type_: str) -> dict[str, Any]:
-    """The SDK error has this status and the §2.2 body; returns the inner error object."""
-    assert exc.status_code == status, exc.body
-    body = json.loads(exc.body)
-    assert set(body) == {"error"}
-    error = body["error"]
-    assert {"message", "type", "param", "code"} <= set(error)
-    assert error["code"] == status and isinstance(error["code"], int)
-    assert error["type"] == type_
-    assert isinstance(error["message"], str) and error["message"]
-    return error
-
-
-def sdk_error(call: Any, /, *args: Any, **kw: Any) -> errors.SDKError:
-    with pytest.raises(errors.SDKError) as info:
-        call(*args, **kw)
-    return info.value
 
 
 def now_ms() -> int:
