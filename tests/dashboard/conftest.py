@@ -19,6 +19,7 @@ from orgs.models import Membership, Org, Role
 from orgs.services import create_org
 from registry.models import RegistryModel
 from registry.services import add_model, put_grants
+from tests.conftest import model_body
 
 CANARY = "sk-canary-dash-0f3e9a71-provider-secret"
 HEADER_CANARY = "hdr-canary-4b1d-secret-value"
@@ -73,22 +74,9 @@ def login() -> Callable[..., Client]:
 
 
 def definition(model_id: str = "acme:chat-1", **overrides: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "id": model_id,
-        "provider": "openai-compatible",
-        "modelId": "chat-1",
-        "apiFormat": "completions",
-        "apiProviderType": "openai",
-        "created": 1704067200,
-        "auth": {"type": "api-key", "value": CANARY},
-        "capabilities": {"modalities": {"input": ["text"], "output": ["text"]}, "reasoning": False},
-        "displayName": "Chat one",
-        "baseUrl": "https://models.example.com/v1",
-        "contextWindow": 8192,
-        "rpm": 60,
-    }
-    body.update(overrides)
-    return body
+    """A valid definition with this folder's canary secret and a display name."""
+    defaults = {"auth": {"type": "api-key", "value": CANARY}, "displayName": "Chat one"}
+    return model_body(model_id, **{**defaults, **overrides})
 
 
 @pytest.fixture
