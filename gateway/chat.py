@@ -246,21 +246,9 @@ def upstream_body(call: ChatCall, route: Route) -> bytes:
 
 def _scrub(text: str, route: Route) -> str:
     text = _KEY_RE.sub("[redacted]", text)
-    for secret in _secret_values(route.auth):
-        if secret:
-            text = text.replace(secret, "[redacted]")
+    for secret in upstream.secret_values(route.auth):
+        text = text.replace(secret, "[redacted]")
     return text[:500]
-
-
-def _secret_values(auth: dict[str, Any]) -> list[str]:
-    kind = auth.get("type")
-    if kind == "api-key":
-        return [auth.get("value") or ""]
-    if kind == "custom-headers":
-        return list((auth.get("headers") or {}).values())
-    if kind == "composite":
-        return [v for s in auth.get("strategies") or [] for v in _secret_values(s)]
-    return []
 
 
 async def _error_for_status(response: upstream.UpstreamResponse, route: Route) -> ServiceError:

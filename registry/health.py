@@ -74,6 +74,8 @@ def run_probe(definition: dict[str, Any], *, trusted: bool) -> upstream.ProbeRes
         target = probe_target(definition)
     except upstream.UpstreamAuthError as exc:
         return _failed(str(exc))
+    except upstream.UpstreamURLError as exc:
+        return _failed(f"blocked: {exc.reason}")
     if target.url is None:
         return _failed("nothing to probe: the model has no baseUrl or healthCheck url")
     return upstream.probe(

@@ -344,6 +344,11 @@ def _default_resolver(host: str, port: int) -> list[Any]:
     return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
 
 
+# How host names are resolved when no resolver is passed, by probes and by the guarded client
+# alike. A module attribute so that tests can put a simulated DNS in its place (rebinding).
+resolve_host: Resolver = _default_resolver
+
+
 def _addresses_from(result: Any) -> list[str]:
     out: list[str] = []
     for item in result or ():
@@ -414,7 +419,7 @@ def resolve_and_check(
         kind = "a loopback host name" if "localhost" in bare else "a cloud metadata host name"
         raise UpstreamURLError(f"host {bare} is {kind}; {_NOT_ALLOWED}", field=field)
     try:
-        result = (resolver or _default_resolver)(name, port)
+        result = (resolver or resolve_host)(name, port)
     except (OSError, UnicodeError):
         raise UpstreamResolveError(f"host {bare} could not be resolved", field=field) from None
     addresses: list[str] = []
@@ -483,6 +488,8 @@ def join_health_url(base_url: str | None, path: str) -> str:
     field = "healthCheck.path"
     if not base_url:
         raise UpstreamURLError("a baseUrl is required to use a health-check path", field=field)
+    # urlsplit drops tabs and newlines: the base must be a URL the probe would accept as it is.
+    validate_url_syntax(base_url)
     if not isinstance(path, str) or not path:
         raise UpstreamURLError("must be a non-empty path", field=field)
     if _BAD_CHAR_RE.search(path) or not path.isascii() or "#" in path:
@@ -596,6 +603,22 @@ def build_auth_headers(
     out: dict[str, tuple[str, str]] = {}
     _apply_auth(auth, env, out, 1)
     return dict(out.values())
+
+
+def secret_values(auth: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> list[str]:
+    """Every secret the auth object sends upstream (header values, the bare key of a bearer
+    header, values taken from environment variables): what upstream text is scrubbed of."""
+    try:
+        headers = build_auth_headers(auth, environ)
+    except UpstreamAuthError:
+        return []
+    values: set[str] = set()
+    for value in headers.values():
+        values.add(value)
+        scheme, _, token = value.partition(" ")
+        if scheme.lower() == "bearer" and token:
+            values.add(token)
+    return sorted((v for v in values if len(v) >= 4), key=len, reverse=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -720,11 +743,14 @@ class _Backend(httpcore.AsyncNetworkBackend):
                 )
             except _NeedsDNS:
                 loop = asyncio.get_running_loop()
+                resolver = resolve_host
+                if resolver is _default_resolver:
+                    lookup = loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+                else:
+                    lookup = loop.run_in_executor(None, resolver, host, port)
                 try:
-                    infos = await asyncio.wait_for(
-                        loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), timeout or 5.0
-                    )
-                except (OSError, TimeoutError):
+                    infos = await asyncio.wait_for(lookup, timeout or 5.0)
+                except (OSError, UnicodeError, TimeoutError):
                     raise httpcore.ConnectError(f"could not resolve host {host}") from None
                 return resolve_and_check(
                     host, port, trusted=False, allowed_networks=allowed, resolver=lambda h, p: infos
@@ -1043,11 +1069,21 @@ async def send(
     """
     from django.conf import settings
 
+    if not trusted:  # the same parser that checked the URL when it was saved decides again
+        try:
+            validate_url_syntax(url)
+        except UpstreamURLError as exc:
+            raise UpstreamCallError("blocked", f"blocked: {exc.reason}") from None
     client = get_async_client(trusted=trusted)
     connect = float(settings.UPSTREAM_CONNECT_TIMEOUT)
     read = read_timeout if read_timeout is not None else float(settings.UPSTREAM_READ_TIMEOUT)
     timeout = httpx.Timeout(read, connect=connect, pool=connect)
-    request = client.build_request("POST", url, content=content, headers=headers, timeout=timeout)
+    try:
+        request = client.build_request(
+            "POST", url, content=content, headers=headers, timeout=timeout
+        )
+    except httpx.InvalidURL:
+        raise UpstreamCallError("blocked", "blocked: the upstream URL is not valid") from None
     try:
         response = await client.send(request, stream=True)
     except httpx.HTTPError as exc:

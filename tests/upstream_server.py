@@ -14,7 +14,8 @@ are not options (a base name such as `gpt-test`) are ignored.
     no-usage        no `usage` in the non-streaming answer and never a usage chunk
     echo            the answer is the JSON dump of the received {"headers", "body"}
     fault-5xx       500 JSON error before any stream
-    fault-4xx       400 JSON error (invalid_request_error)
+    fault-4xx       400 JSON error (invalid_request_error) whose message quotes the credentials
+                    it received (Authorization, api-key, x-* headers)
     fault-429       429 JSON error with `Retry-After: 7`
     fault-reset@N   stream N chunks (default 3), then drop the connection mid-body;
                     non-streaming: drop the connection without any response
@@ -395,7 +396,13 @@ class UpstreamApp:
         elif fault == "fault-5xx":
             await _json(ex, 500, _error("upstream exploded", "server_error"))
         elif fault == "fault-4xx":
-            msg = "upstream rejected the request"
+            # Like real providers ("Incorrect API key provided: sk-…"), it quotes credentials.
+            seen = "; ".join(
+                f"{name}={value}"
+                for name, value in sorted(ex.headers.items())
+                if name in ("authorization", "api-key") or name.startswith("x-")
+            )
+            msg = f"upstream rejected the request (credentials seen: {seen or 'none'})"
             await _json(ex, 400, _error(msg, "invalid_request_error", "bad_request"))
         elif fault == "fault-429":
             msg = "Rate limit reached, retry after 7s"

@@ -266,7 +266,45 @@ def test_upstream_5xx_is_502(world, http, model, mode):
 @pytest.mark.parametrize("mode", MODES)
 def test_upstream_4xx_is_400(world, http, model, mode):
     answer = call(http, world.bob, mode, model("fault-4xx"))
-    error_of(answer, 400, "invalid_request_error")
+    error = error_of(answer, 400, "invalid_request_error")
+    # The upstream quoted the key it was sent: the client sees the refusal, never the key.
+    assert "[redacted]" in error["message"] and SECRET.encode() not in answer.body
+
+
+ENV_SECRET = "gw-env-canary-3a9d71c2-provider-secret"  # not key-shaped: scrubbed by value
+HEADER_SECRET = "gw-hdr-canary-77e1b0d4-provider-secret"
+
+
+@pytest.mark.parametrize(
+    "auth",
+    [
+        {"type": "api-key", "envVar": "GATEWAY_TEST_PROVIDER_KEY"},
+        {"type": "api-key", "value": SECRET, "headerName": "api-key"},
+        {"type": "custom-headers", "headers": {"X-Org-Token": HEADER_SECRET}},
+        {
+            "type": "custom-headers",
+            "headers": {},
+            "envVars": {"X-Env-Token": "GATEWAY_TEST_PROVIDER_KEY"},
+        },
+        {
+            "type": "composite",
+            "strategies": [
+                {"type": "api-key", "envVar": "GATEWAY_TEST_PROVIDER_KEY"},
+                {"type": "custom-headers", "headers": {"X-Org-Token": HEADER_SECRET}},
+            ],
+        },
+    ],
+    ids=["env-var", "header-name", "custom-header", "header-from-env", "composite"],
+)
+def test_upstream_error_text_is_scrubbed_of_every_auth_secret(
+    world, http, model, monkeypatch, auth
+):
+    monkeypatch.setenv("GATEWAY_TEST_PROVIDER_KEY", ENV_SECRET)
+    answer = call(http, world.bob, JSON, model("fault-4xx", auth=auth))
+    error = error_of(answer, 400, "invalid_request_error")
+    assert "[redacted]" in error["message"], error
+    for secret in (SECRET, ENV_SECRET, HEADER_SECRET):
+        assert secret.encode() not in answer.body
 
 
 @pytest.mark.parametrize("mode", MODES)
