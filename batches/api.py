@@ -131,10 +131,10 @@ def upload_file(request: HttpRequest, caller: Caller) -> dict[str, Any]:
 
 
 def list_files(request: HttpRequest, caller: Caller) -> dict[str, Any]:
-    order = request.GET.get("order") or "desc"
+    order = request.GET.get("order", "desc")  # an empty value is not asc or desc either
     if order not in ("asc", "desc"):
         raise InvalidRequest(f"order must be asc or desc, not {order[:32]!r}", param="order")
-    purpose = request.GET.get("purpose") or None
+    purpose = request.GET.get("purpose")
     if purpose is not None and purpose not in Purpose.values:
         raise InvalidRequest(f"unknown purpose {purpose[:32]!r}", param="purpose")
     rows, has_more = services.page(

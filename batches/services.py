@@ -282,6 +282,9 @@ def page(
     else:
         queryset = queryset.order_by("created_at", "public_id")
     if after:
+        # No id holds a control character, and PostgreSQL refuses NUL even in a lookup.
+        if any(ord(ch) < 32 or ord(ch) == 127 for ch in after):
+            raise InvalidRequest(f"{cursor_name} {_shown(after)} is not a known id", param="after")
         anchor = queryset.filter(public_id=after).values_list("created_at", flat=True).first()
         if anchor is None:
             raise InvalidRequest(f"{cursor_name} {_shown(after)} is not a known id", param="after")

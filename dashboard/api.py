@@ -9,6 +9,7 @@ from django.shortcuts import render
 from django.urls import path, re_path
 
 from batches import api as batches
+from dashboard import openapi
 from dashboard.middleware import _InternalError
 from gateway import api as gateway
 from orgs.jsonapi import async_endpoint, endpoint, error_response, not_found
@@ -55,6 +56,7 @@ urlpatterns = [
     path("batches", endpoint(GET=batches.list_batches, POST=batches.create_batch)),
     path("batches/<str:batch_id>", endpoint(GET=batches.get_batch)),
     path("batches/<str:batch_id>/cancel", endpoint(POST=batches.cancel_batch)),
+    path("openapi.json", openapi.openapi_json),
     re_path(r"^.*$", not_found),
 ]
 

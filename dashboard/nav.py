@@ -34,6 +34,7 @@ NAV_ITEMS: list[NavItem] = [
     NavItem("batches", "Batches", "dashboard:batch-list"),
     NavItem("usage", "Usage", "dashboard:usage", admin_only=True),
     NavItem("activity", "Activity", "dashboard:activity", admin_only=True),
+    NavItem("docs", "API", "dashboard:api-docs", org=False),
 ]
 # Switching org keeps the user on the same kind of page when it is one of these.
 ORG_SECTIONS: dict[str, str] = {item.key: item.url_name for item in NAV_ITEMS if item.org}

@@ -12,12 +12,14 @@ from dashboard.views import (
     activity,
     auto,
     batches,
+    docs,
     grants,
     health,
     home,
     keys,
     models,
     playground,
+    status,
     usage,
 )
 
@@ -28,6 +30,7 @@ urlpatterns = [
     path("login", home.login, name="login"),
     path("logout", home.logout, name="logout"),
     path("switch-org", home.switch_org, name="switch-org"),
+    path("healthz", status.healthz, name="healthz"),
     # Models
     path("orgs/<slug:slug>/models", models.model_list, name="model-list"),
     path("orgs/<slug:slug>/models/new", models.model_create, name="model-create"),
@@ -79,4 +82,6 @@ urlpatterns = [
     # Grants (cluster admins)
     path("grants", grants.grant_list, name="grant-list"),
     path("grants/<slug:slug>", grants.grant_update, name="grant-update"),
+    # The API reference
+    path("docs/api", docs.api_docs, name="api-docs"),
 ]

@@ -1,0 +1,49 @@
+"""GET /healthz: the parts this process needs, for load balancers (I2)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.db import connection
+
+from tests.conftest import free_port
+
+
+def test_healthy(client: Any, db: Any, settings: Any) -> None:
+    settings.REDIS_URL = ""
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "database": "ok", "redis": "not configured"}
+    assert "no-cache" in response["Cache-Control"]
+
+
+def test_redis_down_is_503_naming_it(client: Any, db: Any, settings: Any) -> None:
+    settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    assert response.json() == {"status": "unavailable", "database": "ok", "redis": "down"}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_database_down_is_503_naming_it(client: Any, settings: Any) -> None:
+    settings.REDIS_URL = ""
+    saved = dict(connection.settings_dict)
+    connection.close()
+    if connection.vendor == "postgresql":
+        connection.settings_dict["PORT"] = str(free_port())  # nothing listens there
+    else:
+        connection.settings_dict["NAME"] = "/nonexistent-dir/db.sqlite3"
+    try:
+        response = client.get("/healthz")
+    finally:
+        connection.close()
+        connection.settings_dict.clear()
+        connection.settings_dict.update(saved)
+    assert response.status_code == 503
+    assert response.json() == {
+        "status": "unavailable",
+        "database": "down",
+        "redis": "not configured",
+    }
+    assert client.get("/healthz").status_code == 200  # back as soon as the database is
