@@ -27,7 +27,8 @@ from django.http import HttpRequest, HttpResponseBase
 from django.urls import Resolver404, get_resolver, set_script_prefix
 from django.utils.log import log_response
 
-from dashboard.middleware import _InternalError
+from dashboard.middleware import _InternalError, unavailable
+from dashboard.security import API_HEADERS, hsts_value
 from orgs.errors import InvalidRequest, PermissionDenied, ServiceError
 from orgs.jsonapi import error_response, not_found
 
@@ -54,6 +55,9 @@ class ApiASGIHandler(ASGIHandler):
         self._exception_middleware = []
         self._middleware_chain = None
         self.resolver = get_resolver()
+        # The same security headers as the pages', with a CSP that allows nothing (JSON).
+        self.security_headers = API_HEADERS
+        self.hsts = hsts_value()
 
     async def get_response_async(self, request: HttpRequest) -> HttpResponseBase:
         try:
@@ -74,7 +78,11 @@ class ApiASGIHandler(ASGIHandler):
                 response = error_response(exc)
             except Exception as exc:
                 response = self._server_error(request, exc)
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        headers = response.headers
+        for name, value in self.security_headers:
+            headers.setdefault(name, value)
+        if self.hsts and request.is_secure():
+            headers.setdefault("Strict-Transport-Security", self.hsts)
         response._resource_closers.append(request.close)
         if response.status_code >= 400:
             # As Django logs them (django.request): the method, path and status, no data.
@@ -92,6 +100,9 @@ class ApiASGIHandler(ASGIHandler):
             return error_response(PermissionDenied("permission denied"))
         if isinstance(exc, SuspiciousOperation | BadRequest):
             return error_response(InvalidRequest("the request was refused as malformed"))
+        failed_part = unavailable(exc)
+        if failed_part is not None:
+            return error_response(failed_part)
         logger.error(
             "unhandled %s on %s %s", type(exc).__name__, request.method, request.path, exc_info=exc
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import NoReturn
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -61,21 +62,62 @@ DEBUG = env_bool("DEBUG", default=True)
 # Development-only fallbacks: refused when DEBUG is off (see the checks below).
 _DEV_SECRET_KEY = "dev-insecure-secret-key-change-me-0123456789abcdefghijklmnopqrstuvwxyz"
 _DEV_FIELD_KEY = "ZGV2LW9ubHktZmllbGQtZW5jcnlwdGlvbi1rZXktMDA="
+_HINTS = {
+    "SECRET_KEY": "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(64))'",
+    "FIELD_ENCRYPTION_KEY": "generate one with: python -c 'from cryptography.fernet import "
+    "Fernet; print(Fernet.generate_key().decode())'",
+    "ALLOWED_HOSTS": "list the host names the server answers to, e.g. gateway.example.com",
+}
+
+
+def refuse_to_start(name: str, problem: str) -> NoReturn:
+    """Stop the process with one line naming the variable (no traceback): a server, worker or
+    management command never runs with a missing or insecure secret."""
+    raise SystemExit(f"Configuration error: {name} {problem}; {_HINTS[name]}")
+
+
+def secret_key_problem(value: str) -> str | None:
+    """What makes `value` unfit as a production SECRET_KEY (the rules of `check --deploy`)."""
+    if not value:
+        return "is not set (required when DEBUG is off)"
+    if value == _DEV_SECRET_KEY or value.startswith("django-insecure"):
+        return "is an insecure development key"
+    if len(value) < 50 or len(set(value)) < 5:
+        return "is too short or not random: use at least 50 random characters"
+    return None
+
+
+def field_keys_problem(keys: list[str]) -> str | None:
+    """What makes `keys` unfit as FIELD_ENCRYPTION_KEY (never quoting a key: they are secrets)."""
+    from cryptography.fernet import Fernet
+
+    if not keys:
+        return "is not set (required when DEBUG is off)"
+    for number, key in enumerate(keys, start=1):
+        try:
+            Fernet(key.encode())
+        except (ValueError, TypeError):
+            return (
+                f"is not a valid list of Fernet keys: key {number} of {len(keys)} is not "
+                "32 url-safe base64-encoded bytes"
+            )
+    return None
+
 
 SECRET_KEY = env_str("SECRET_KEY") or (_DEV_SECRET_KEY if DEBUG else "")
-if not SECRET_KEY:
-    raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off")
-if not DEBUG and (SECRET_KEY == _DEV_SECRET_KEY or len(SECRET_KEY) < 50):
-    raise ImproperlyConfigured("SECRET_KEY must be a random string of at least 50 characters")
+if not DEBUG and (_problem := secret_key_problem(SECRET_KEY)):
+    refuse_to_start("SECRET_KEY", _problem)
 
 # Comma-separated Fernet keys; the first encrypts, all decrypt (for key rotation).
 FIELD_ENCRYPTION_KEYS = env_list("FIELD_ENCRYPTION_KEY") or ([_DEV_FIELD_KEY] if DEBUG else [])
-if not FIELD_ENCRYPTION_KEYS:
-    raise ImproperlyConfigured("FIELD_ENCRYPTION_KEY must be set when DEBUG is off")
+if _problem := field_keys_problem(FIELD_ENCRYPTION_KEYS):
+    refuse_to_start("FIELD_ENCRYPTION_KEY", _problem)
 if not DEBUG and _DEV_FIELD_KEY in FIELD_ENCRYPTION_KEYS:
-    raise ImproperlyConfigured("FIELD_ENCRYPTION_KEY must not be the development key")
+    refuse_to_start("FIELD_ENCRYPTION_KEY", "must not contain the development key")
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]" if DEBUG else "")
+if not DEBUG and not ALLOWED_HOSTS:
+    refuse_to_start("ALLOWED_HOSTS", "is not set (required when DEBUG is off)")
 if DEBUG:
     ALLOWED_HOSTS.append("testserver")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
@@ -98,6 +140,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "dashboard.security.ContentSecurityPolicyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -126,6 +169,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "dashboard.context_processors.dashboard",
+                "dashboard.security.csp_nonce",
             ],
         },
     },
@@ -145,6 +189,14 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     )
     # A file, not memory, so that a live server thread sees the test data; one per test process.
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test-{os.getpid()}.sqlite3")}
+# PostgreSQL cancels a statement (or a wait for a lock) after this many milliseconds, and the
+# request answers 503 instead of hanging (0: no limit).
+DATABASE_STATEMENT_TIMEOUT_MS = env_int("DATABASE_STATEMENT_TIMEOUT_MS", 30_000)
+_postgres = DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
+if _postgres and DATABASE_STATEMENT_TIMEOUT_MS > 0:
+    _options = DATABASES["default"].setdefault("OPTIONS", {})
+    _timeout = f"-c statement_timeout={DATABASE_STATEMENT_TIMEOUT_MS}"
+    _options["options"] = f"{_options.get('options', '')} {_timeout}".strip()
 
 REDIS_URL = env_str("REDIS_URL")
 if REDIS_URL:
