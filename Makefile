@@ -14,7 +14,7 @@ PORT ?= 8000
 CELERY_WORKER = $(BIN)/celery -A dashboard worker -B --loglevel=INFO --concurrency=2 \
 	--schedule var/celerybeat-schedule
 
-.PHONY: venv migrate demo run worker test lint fmt
+.PHONY: venv migrate demo run worker test test-slow lint fmt
 
 venv: $(STAMP)
 
@@ -48,6 +48,11 @@ worker: venv | var
 
 test: venv | var
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+# The long fault runs of the reliability goals (G5: 20 repetitions per streaming fault, 50
+# disconnects, 500 concurrent streams); `make test` leaves them out.
+test-slow: venv | var
+	$(PYTHON) -m pytest -m slow $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check .

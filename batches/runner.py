@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import random
+import signal
 import socket
 import tempfile
 import threading
@@ -74,8 +75,7 @@ USAGE_ENDPOINT = "batch.chat.completions"  # how batch lines show up in usage re
 INSERT_CHUNK = 1000
 MAX_REPORTED_ERRORS = 100
 MAX_CUSTOM_ID = 512
-FLUSH_SIZE = 32  # results written per transaction at most...
-FLUSH_SECONDS = 0.1  # ...and at least this often (a crash re-runs at most these)
+FLUSH_SECONDS = 0.1  # results are written as they come, and at least this often
 BACKOFF_BASE = 0.5
 BACKOFF_MAX = 30.0
 RETRY_AFTER_MAX = 60.0
@@ -448,6 +448,14 @@ def _output_lines(batch: Batch, kind: str) -> Iterator[bytes]:
         )
 
 
+def _failpoint(name: str) -> None:
+    """A crash point for fault tests: with BATCH_FAILPOINT=<name> in the worker's environment the
+    worker process SIGKILLs itself here (as an OOM kill would); a no-op otherwise."""
+    if os.environ.get("BATCH_FAILPOINT") == name:
+        logger.warning("failpoint %s: killing the worker process", name)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def write_result_file(batch: Batch, kind: str) -> File:
     """The batch's output or error file, written once: an existing row is reused (its blob was
     complete before the row was created)."""
@@ -464,6 +472,7 @@ def write_result_file(batch: Batch, kind: str) -> File:
             count += 1
         spool.seek(0)
         storage.save_blob(name, spool)
+    _failpoint("during_finalize")
     try:
         with transaction.atomic():
             return File.objects.create(
@@ -691,6 +700,9 @@ class _Run:
         self.stop: str | None = None
         self.hard_stop = asyncio.Event()
         self.flush_now = asyncio.Event()
+        # A line holds its slot until its result is written, so a crash re-runs at most
+        # `concurrency` lines: the ones in flight and the ones not yet written.
+        self.slots = asyncio.Semaphore(self.concurrency)
         self.closing = False
         self.finished: list[_Outcome] = []
         self.undispatched: list[int] = []
@@ -714,8 +726,7 @@ class _Run:
 
     def _done(self, outcome: _Outcome) -> None:
         self.finished.append(outcome)
-        if len(self.finished) >= FLUSH_SIZE:
-            self.flush_now.set()
+        self.flush_now.set()
 
     # -- the pass
 
@@ -753,6 +764,7 @@ class _Run:
                 break
             after = max(row["line"] for row in rows + poisoned)
             for row in poisoned:
+                await self.slots.acquire()
                 self._done(
                     _Outcome(
                         pk=row["pk"],
@@ -765,6 +777,8 @@ class _Run:
                     )
                 )
             for row in rows:
+                if self.stop is None:
+                    await self.slots.acquire()
                 if self.stop is None:
                     await queue.put(row)
                 else:
@@ -946,6 +960,9 @@ class _Run:
         self.write_failures = 0
         if not owned:
             self._halt("lost")
+            return
+        for _ in outcomes:
+            self.slots.release()
 
     def _persist(self, outcomes: list[_Outcome]) -> bool:
         """Record finished lines, each once, with the counters, under the lease: one transaction

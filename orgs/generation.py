@@ -162,5 +162,11 @@ def _bump_now() -> None:
 
 
 def bump() -> None:
-    """Call inside the writing transaction: the counter moves once it has committed."""
+    """Call inside the writing transaction: the counter moves once it has committed.
+
+    With Redis it also moves right away, inside the transaction: if Redis cannot be reached the
+    write fails (and rolls back) instead of committing a change that no process would notice.
+    """
+    if _redis_url():
+        _sync_redis().incr(REDIS_KEY)
     transaction.on_commit(_bump_now)

@@ -16,6 +16,7 @@ Error messages never carry secrets, header values or upstream bodies.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import re
 import select
@@ -31,6 +32,8 @@ from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 import httpcore
 import httpx
+
+logger = logging.getLogger(__name__)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], Any]
@@ -1084,8 +1087,21 @@ async def send(
         )
     except httpx.InvalidURL:
         raise UpstreamCallError("blocked", "blocked: the upstream URL is not valid") from None
-    try:
-        response = await client.send(request, stream=True)
-    except httpx.HTTPError as exc:
-        raise _call_error(exc) from None
-    return UpstreamResponse(response)
+    for attempt in (1, 2):
+        try:
+            response = await client.send(request, stream=True)
+        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+            # The connection closed or reset before any response header (typically a kept-alive
+            # connection the provider dropped as it was reused): sent once more, on a fresh
+            # connection, as the providers' own clients do. Never after a response began.
+            if attempt == 2:
+                raise _call_error(exc) from None
+            logger.info(
+                "upstream connection dropped before a response (%s); retrying once",
+                type(exc).__name__,
+            )
+        except httpx.HTTPError as exc:
+            raise _call_error(exc) from None
+        else:
+            return UpstreamResponse(response)
+    raise AssertionError("unreachable")

@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 CANARY = re.compile(rb"sk-(?:browser-)?canary-[0-9A-Za-z-]+")
-FULL_API_KEY = re.compile(rb"mk_[A-Za-z0-9_-]{40,}")
+FULL_API_KEY = re.compile(rb"(?<![A-Za-z0-9_-])mk_[A-Za-z0-9_-]{40,}(?![A-Za-z0-9_-])")
 # The stand-in upstream's logs are the provider's side, not ours.
 IGNORED_LOGGERS = ("tests.upstream_server",)
 

@@ -321,7 +321,8 @@ def test_echo_returns_what_the_upstream_received(up: UpstreamServer) -> None:
             temperature=0.5,
         )
     seen = json.loads(completion.choices[0].message.content or "")
-    assert seen["headers"]["authorization"] == "Bearer sk-echo"
+    assert seen["headers"]["authorization"] == "[credential]"  # masked in the answer
+    assert up.requests()[-1]["headers"]["authorization"] == "Bearer sk-echo"
     assert seen["headers"]["x-trace"] == "t1"
     assert seen["body"]["temperature"] == 0.5
     assert seen["body"]["messages"] == MESSAGES

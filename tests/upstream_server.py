@@ -12,7 +12,8 @@ are not options (a base name such as `gpt-test`) are ignored.
     delay@MS        sleep MS ms between stream chunks; a non-streaming answer sleeps MS x chunks
     first@MS        sleep MS ms before the response headers (slow first token)
     no-usage        no `usage` in the non-streaming answer and never a usage chunk
-    echo            the answer is the JSON dump of the received {"headers", "body"}
+    echo            the answer is the JSON dump of the received {"headers", "body"} (credential
+                    headers masked as "[credential]")
     fault-5xx       500 JSON error before any stream
     fault-4xx       400 JSON error (invalid_request_error) whose message quotes the credentials
                     it received (Authorization, api-key, x-* headers)
@@ -76,6 +77,7 @@ MAX_RECORDS = 1000
 BAD_SSE_TEXT = "café 🙂 "  # the multibyte piece fault-bad-sse splits across two sends
 INTERNAL_SECRET = "internal-canary-7d1e"  # served by /_internal/secret (redirect target)
 MODELS = ("upstream-test",)
+CREDENTIAL_HEADERS = frozenset({"authorization", "api-key", "x-api-key"})
 FAULTS = frozenset(
     {
         "fault-5xx",
@@ -431,7 +433,12 @@ class UpstreamApp:
 
     def _content(self, ex: _Exchange) -> list[str]:
         if ex.opts.echo:
-            dump = json.dumps({"headers": ex.headers, "body": ex.body}, sort_keys=True)
+            # A provider never sends its caller's credentials back in an answer: mask them (the
+            # request records keep them, for tests of what the upstream received).
+            headers = {
+                k: "[credential]" if k in CREDENTIAL_HEADERS else v for k, v in ex.headers.items()
+            }
+            dump = json.dumps({"headers": headers, "body": ex.body}, sort_keys=True)
             return [dump]
         return _pieces(ex.opts)
 

@@ -24,6 +24,7 @@ from orgs.models import Role
 from registry.models import ClusterGrant, HealthCheckResult, RegistryModel
 from registry.services import add_model, put_grants
 from tests.browser.conftest import CHROMIUM, PASSWORD, Team, Web, orm
+from tests.conftest import model_body
 from tests.upstream_server import UpstreamServer
 
 pytestmark = [
@@ -42,21 +43,8 @@ XSS = "<img src=x onerror=window.__xss=1><script>window.__xss=2</script><svg onl
 
 
 def definition(model_id: str, **overrides: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "id": model_id,
-        "provider": "openai-compatible",
-        "modelId": "chat-1",
-        "apiFormat": "completions",
-        "apiProviderType": "openai",
-        "created": 1704067200,
-        "auth": {"type": "none"},
-        "capabilities": {"modalities": {"input": ["text"], "output": ["text"]}, "reasoning": False},
-        "baseUrl": "https://models.example.com/v1",
-        "contextWindow": 8192,
-        "rpm": 600,
-    }
-    body.update(overrides)
-    return body
+    """A valid definition with no upstream auth (the shared model_body, adjusted)."""
+    return model_body(model_id, **{**{"auth": {"type": "none"}, "rpm": 600}, **overrides})
 
 
 def make_model(team: Team, model_id: str, **overrides: Any) -> RegistryModel:

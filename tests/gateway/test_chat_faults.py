@@ -370,6 +370,16 @@ def test_non_streaming_cut_connection_is_502(world, http, model, upstream_model)
     error_of(answer, 502, "upstream_error")
 
 
+def test_a_connection_dropped_before_any_answer_is_retried_once(world, http, model, upstream):
+    """A connection that closes before any response header (a kept-alive connection dropped by
+    the provider) is retried once on a fresh one; a second drop is the client's 502."""
+    model_id = model("fault-reset")  # non-streaming: the upstream drops it without answering
+    upstream.reset()
+    answer = call(http, world.bob, JSON, model_id)
+    error_of(answer, 502, "upstream_error")
+    assert len(chat_requests(upstream)) == 2  # one retry, no more
+
+
 def test_non_streaming_trickle_is_bounded(world, http, model, settings):
     """One byte every 200 ms never trips an inactivity timeout; a deadline must end it (T4)."""
     settings.UPSTREAM_READ_TIMEOUT = 1.0
