@@ -216,10 +216,13 @@ def _reset_producers(app: Any) -> None:
     kombu.pools.reset()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def worker_process(
     batch_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Worker]:
+    """One worker per test module, stopped when the module ends: a worker left running (with
+    beat and its reconciler) would take up batches that later tests create in the same
+    database."""
     worker = Worker(batch_env, tmp_path_factory.mktemp("worker-logs"))
     yield worker
     worker.stop()
@@ -227,7 +230,7 @@ def worker_process(
 
 @pytest.fixture
 def worker(world: Any, worker_process: Worker) -> Iterator[Worker]:
-    """A running worker for this test (started once per session, restarted if a test killed
+    """A running worker for this test (started once per module, restarted if a test killed
     it). Its log is printed when the test fails."""
     worker_process.start()
     yield worker_process

@@ -298,6 +298,13 @@ def stream_sockets(ports: set[int]) -> int:
     return count
 
 
+def redis_ports() -> set[int]:
+    from django.conf import settings
+
+    url = getattr(settings, "REDIS_URL", "") or ""
+    return {urlsplit(url).port or 6379} if url else set()
+
+
 async def _streams(base_url: str, token: str, model: str, count: int) -> Counter[int]:
     limits = httpx.Limits(max_connections=count, max_keepalive_connections=0)
     body = {"model": model, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
@@ -319,7 +326,9 @@ async def _streams(base_url: str, token: str, model: str, count: int) -> Counter
 def run_concurrent_streams(count: int, world: Any, live_url: str, make: Any, upstream: Any) -> None:
     model = make("chunks@5+delay@20", rpm=1_000_000)
     client_side = {urlsplit(live_url).port}  # test client <-> gateway, both ends in-process
-    upstream_side = {upstream.port}  # gateway <-> upstream: kept alive in the gateway's pool
+    # gateway <-> upstream, and gateway <-> Redis (limits, config generation): pooled
+    # connections, bounded and reused; a second round may grow the pools a little.
+    upstream_side = {upstream.port, *redis_ports()}
     # A first round creates what lives as long as the process (clients, thread pools, pool).
     warm = asyncio.run(_streams(live_url, world.bob.token, model, count))
     assert warm == {200: count}, warm
