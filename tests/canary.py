@@ -233,10 +233,16 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     try:
         from tests.hardening.figures import record
 
-        paths = [str(p).rstrip("/") for p in session.config.option.file_or_dir or []]
-        whole = paths in ([], ["tests"]) and not session.config.option.keyword
+        option = session.config.option
+        paths = [str(p).rstrip("/") for p in option.file_or_dir or []]
+        whole = (
+            paths in ([], ["tests"])
+            and not option.keyword
+            and (option.markexpr or "") in ("", "not slow")
+        )
+        # A partial run (a file, -k, -m slow) keeps its figures apart: G4 is the whole suite's.
         record(
-            "G4",
+            "G4" if whole else "G4-partial-run",
             tests=session.testscollected,
             whole_suite=whole,
             http_bodies_scanned=TALLY.bodies,
