@@ -139,10 +139,10 @@ def run_batch(batch_pk: int) -> str:
             batch = Batch.objects.select_related("org", "input_file").filter(pk=batch_pk).first()
             if batch is None:
                 return "gone"  # deleted with its org meanwhile
+            if batch.status in TERMINAL_STATUSES:  # also after failing validation just now
+                return batch.status
             if batch.worker_id != worker:
                 return "lost"
-            if batch.status in TERMINAL_STATUSES:
-                return batch.status
             if not batch.items_ready:
                 if not ingest(batch, worker):
                     return "lost"

@@ -44,6 +44,13 @@ def test_a_second_run_of_a_held_batch_exits(make_batch):
     assert runner._fence(batch.pk, "worker-b")
 
 
+def test_a_batch_that_fails_validation_reports_failed(make_batch):
+    batch = make_batch(jsonl([line("same", "acme:m"), line("same", "acme:m")]))
+    assert runner.run_batch(batch.pk) == "failed"
+    batch.refresh_from_db()
+    assert batch.status == "failed" and batch.worker_id in ("", None)
+
+
 def test_ingestion_resumes_after_a_crash_without_duplicates(make_batch):
     batch = make_batch(chat_lines(2500, "acme:m"))
     assert runner.claim(batch.pk, "w")
