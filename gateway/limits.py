@@ -23,8 +23,11 @@ from orgs.auth import Caller
 from orgs.errors import RateLimited, ServiceUnavailable
 from registry.resolve import Route
 
+# Redis's own clock stamps every request, so that processes and hosts with skewed clocks share
+# one timeline (ARGV[1], the caller's clock, is kept for the argument layout only).
 _SCRIPT = """
-local now = tonumber(ARGV[1])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local member = ARGV[2]
 for i, key in ipairs(KEYS) do
   local limit = tonumber(ARGV[1 + 2 * i])

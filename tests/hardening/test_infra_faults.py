@@ -310,10 +310,9 @@ def test_rpm_holds_across_two_processes_under_concurrency(
             assert response.headers["content-type"].startswith("application/json")
             assert response.json()["error"]["type"] == "rate_limit_error"
             retry_after = response.headers.get("retry-after", "")
-            # Each process stamps requests with its own clock before the atomic step, so a
-            # refusal may be stamped a moment before the admission it waits for: at most one
-            # second more than the window.
-            assert retry_after.isdigit() and 1 <= int(retry_after) <= 61, retry_after
+            # Requests are stamped with Redis's clock inside the atomic step, whichever
+            # process sent them: the wait never exceeds the 60-second window.
+            assert retry_after.isdigit() and 1 <= int(retry_after) <= 60, retry_after
     assert not errors, errors[:10]
     record(
         "G7",
