@@ -33,6 +33,7 @@ from registry.services import add_model
 from tests.batches.conftest import batch_env  # noqa: F401  (a private broker queue and storage)
 from tests.conftest import SECRET, auth, model_body
 from tests.dashboard.conftest import form_data
+from tests.dashboard.test_playground import parse_sse
 from tests.hardening.figures import record
 from tests.hardening.matrix_asgi import AsgiClient, asgi_client
 from tests.hardening.ssrf_canary import REDIRECT_BODY, Canary, FakeDNS, Redirector
@@ -312,20 +313,6 @@ def ep_api_chat(s: Setup, url: str, i: int) -> Verdict:
     message = error.get("message") or ""
     refused = response.status_code in (400, 502) and message.startswith("blocked: ")
     return Verdict(refused, f"{response.status_code} {message}")
-
-
-def parse_sse(raw: bytes) -> list[tuple[str, str]]:
-    events = []
-    for block in raw.decode().split("\n\n"):
-        name, data = "message", []
-        for line in block.split("\n"):
-            if line.startswith("event: "):
-                name = line[7:]
-            elif line.startswith("data: "):
-                data.append(line[6:])
-        if data:
-            events.append((name, "\n".join(data)))
-    return events
 
 
 def playground_events(user: Any, pages: Client, model_id: str) -> list[tuple[str, str]]:

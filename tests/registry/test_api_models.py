@@ -4,35 +4,16 @@ and through the `openai` client, against the live server."""
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import openai
 import pytest
-from meetkai_mka1 import errors
 
 from registry.services import put_grants
 from tests.conftest import auth
+from tests.registry.apicheck import assert_sdk_error as assert_error
+from tests.registry.apicheck import sdk_error
 
 GRANTED = ["cluster:chat-a", "cluster:chat-b", "cluster:hidden-chat", "cluster:tts"]
-
-
-def assert_error(exc: errors.SDKError, status: int, type_: str) -> dict[str, Any]:
-    """The SDK error has this status and the §2.2 body; returns the inner error object."""
-    assert exc.status_code == status
-    body = json.loads(exc.body)
-    assert set(body) == {"error"}
-    error = body["error"]
-    assert {"message", "type", "param", "code"} <= set(error)
-    assert error["code"] == status and isinstance(error["code"], int)
-    assert error["type"] == type_
-    assert isinstance(error["message"], str) and error["message"]
-    return error
-
-
-def sdk_error(call: Any, /, **kwargs: Any) -> errors.SDKError:
-    with pytest.raises(errors.SDKError) as info:
-        call(**kwargs)
-    return info.value
 
 
 @pytest.fixture
