@@ -1087,21 +1087,18 @@ async def send(
         )
     except httpx.InvalidURL:
         raise UpstreamCallError("blocked", "blocked: the upstream URL is not valid") from None
-    for attempt in (1, 2):
+    try:
         try:
             response = await client.send(request, stream=True)
         except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
             # The connection closed or reset before any response header (typically a kept-alive
             # connection the provider dropped as it was reused): sent once more, on a fresh
             # connection, as the providers' own clients do. Never after a response began.
-            if attempt == 2:
-                raise _call_error(exc) from None
             logger.info(
                 "upstream connection dropped before a response (%s); retrying once",
                 type(exc).__name__,
             )
-        except httpx.HTTPError as exc:
-            raise _call_error(exc) from None
-        else:
-            return UpstreamResponse(response)
-    raise AssertionError("unreachable")
+            response = await client.send(request, stream=True)
+    except httpx.HTTPError as exc:
+        raise _call_error(exc) from None
+    return UpstreamResponse(response)

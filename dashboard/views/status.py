@@ -3,6 +3,9 @@ monitoring. No sign-in, no data: each part is "ok", "down" or "not configured"."
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 from django.conf import settings
 from django.db import DatabaseError, connection
 from django.http import HttpRequest, JsonResponse
@@ -21,19 +24,25 @@ def database_status() -> str:
     return "ok"
 
 
+@functools.cache
+def _redis_client(url: str) -> Any:
+    """One pooled client per URL: a probe every few seconds reuses its connection. Timeouts are
+    short so that a hung Redis answers "down" within a second."""
+    import redis
+
+    return redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+
+
 def redis_status() -> str:
     url = getattr(settings, "REDIS_URL", "") or ""
     if not url:
         return "not configured"
     import redis
 
-    client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
     try:
-        client.ping()
+        _redis_client(url).ping()
     except redis.RedisError:
         return "down"
-    finally:
-        client.close()
     return "ok"
 
 

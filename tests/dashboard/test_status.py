@@ -47,3 +47,26 @@ def test_database_down_is_503_naming_it(client: Any, settings: Any) -> None:
         "redis": "not configured",
     }
     assert client.get("/healthz").status_code == 200  # back as soon as the database is
+
+
+def test_redis_up_is_ok_and_probes_reuse_one_connection(
+    client: Any, db: Any, settings: Any
+) -> None:
+    import redis
+    from django.conf import settings as live
+
+    from dashboard.views.status import _redis_client
+
+    url = live.REDIS_URL or "redis://127.0.0.1:6379/0"
+    try:
+        redis.Redis.from_url(url, socket_timeout=2).ping()
+    except redis.RedisError:
+        pytest.skip("no Redis on this machine")
+    settings.REDIS_URL = url
+    assert client.get("/healthz").json()["redis"] == "ok"
+    connection_id = _redis_client(url).client_id()
+    for _ in range(20):
+        response = client.get("/healthz")
+        assert response.status_code == 200
+        assert response.json() == {"status": "ok", "database": "ok", "redis": "ok"}
+    assert _redis_client(url).client_id() == connection_id  # one connection served every probe
