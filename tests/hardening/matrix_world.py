@@ -38,6 +38,7 @@ from registry.models import (
 )
 from registry.services import add_model, put_grants, set_auto_model
 from tests.conftest import SECRET, model_body
+from tests.registry.snapshot import Snapshot, snapshot_diff, tables_snapshot
 
 A_MODEL = "acme:chat-1"
 MARKERS = (
@@ -176,10 +177,6 @@ def wipe() -> None:
 # --------------------------------------------------------------------------------------------
 # Snapshots: every row of every table a request could touch, plus the stored blobs
 
-EXCLUDED: dict[type[models.Model], frozenset[str]] = {
-    ApiKey: frozenset({"last_used_at"}),  # authenticating a key may touch it
-    get_user_model(): frozenset({"last_login"}),
-}
 TABLES: tuple[type[models.Model], ...] = (
     Org,
     Membership,
@@ -197,32 +194,10 @@ TABLES: tuple[type[models.Model], ...] = (
     BatchItem,
 )
 
-Snapshot = dict[str, list[tuple[Any, ...]]]
-
-
-def _scoped(model: type[models.Model], qs: Any, org: Org) -> Any:
-    if model is Org:
-        return qs.filter(pk=org.pk)
-    if model is BatchItem:
-        return qs.filter(batch__org=org)
-    if model in (HealthStatus, HealthCheckResult):
-        keys = [m.health_key for m in RegistryModel.objects.filter(org=org)]
-        return qs.filter(target__in=keys)
-    if model is get_user_model():
-        return qs.filter(memberships__org=org)
-    return qs.filter(org=org)
-
 
 def snapshot(org: Org | None = None) -> Snapshot:
     """All rows (only `org`'s when given), and the stored blobs when not scoped."""
-    out: Snapshot = {}
-    for model in TABLES:
-        excluded = EXCLUDED.get(model, frozenset())
-        names = [f.attname for f in model._meta.concrete_fields if f.name not in excluded]
-        qs = model._default_manager.all()
-        if org is not None:
-            qs = _scoped(model, qs, org)
-        out[model.__name__] = sorted((tuple(r) for r in qs.values_list(*names)), key=repr)
+    out = tables_snapshot(TABLES, org)
     if org is None:
         root = Path(settings.MEDIA_ROOT)
         blobs = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
@@ -231,11 +206,4 @@ def snapshot(org: Org | None = None) -> Snapshot:
 
 
 def diff(before: Snapshot, after: Snapshot) -> dict[str, Any]:
-    changed: dict[str, Any] = {}
-    for table in sorted(set(before) | set(after)):
-        old, new = before.get(table, []), after.get(table, [])
-        removed = [r for r in old if r not in new]
-        added = [r for r in new if r not in old]
-        if removed or added:
-            changed[table] = {"removed": removed[:3], "added": added[:3]}
-    return changed
+    return snapshot_diff(before, after, limit=3)
