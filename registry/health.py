@@ -6,13 +6,20 @@ Every probe goes through `registry.upstream.probe`. A model is probed by one wor
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
-from dataclasses import dataclass
+import math
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from django.conf import settings
-from django.core.cache import cache
+from django.core.cache import cache, caches
+from django.core.cache.backends.redis import RedisCache
 from django.utils import timezone
 
 from registry import upstream
@@ -22,7 +29,6 @@ from registry.resolve import Entry, Route, cluster_entry, db_entry
 
 logger = logging.getLogger(__name__)
 DEFAULT_TIMEOUT_MS = 5000
-LOCK_SECONDS = 120
 
 
 def history_length() -> int:
@@ -118,10 +124,225 @@ def record(health_key: str, result: upstream.ProbeResult, *, trigger: str) -> He
 
 
 def check_health(entry: Entry, *, trigger: str = "manual") -> upstream.ProbeResult:
-    """Probe a model now and store the result as its health and in its history."""
-    result = run_probe(entry.full_definition(), trusted=entry.source == "yaml")
-    record(entry.health_key, result, trigger=trigger)
+    """Probe a model now and store the result as its health and in its history. If another
+    worker is probing it, wait for that probe to finish, then probe (a fresh result)."""
+    result = probe_model(
+        entry.health_key, entry.full_definition(), trusted=entry.source == "yaml", trigger=trigger
+    )
+    assert result is not None  # only `wait="skip"` returns None
     return result
+
+
+# ---------------------------------------------------------------------------------------------
+# The per-model probe lock
+#
+# Every probe of a model (periodic, preflight, manual) goes through `probe_model`, which holds
+# `health-lock:<health_key>` in the cache (Redis SET NX EX when REDIS_URL is set, so it holds
+# across processes) while it probes. The lock lives a little longer than the probe can take, so
+# a holder that dies frees it by expiry; it is released only by its holder (token compare).
+# Each finished probe is also published under `health-result:<health_key>` so that callers
+# waiting on the lock can use it instead of probing again.
+
+LOCK_MARGIN_SECONDS = 30  # DNS, storing the result: on top of the probe's own timeout
+POLL_SECONDS = 0.05
+_RELEASE_SCRIPT = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+
+
+def _lock_key(health_key: str) -> str:
+    return f"health-lock:{health_key}"
+
+
+def _result_key(health_key: str) -> str:
+    return f"health-result:{health_key}"
+
+
+def timeout_ms_of(definition: dict[str, Any]) -> int:
+    return int((definition.get("healthCheck") or {}).get("timeoutMs") or DEFAULT_TIMEOUT_MS)
+
+
+def lock_seconds(timeout_ms: int) -> int:
+    """How long a probe lock lives: longer than the probe can take (it is bounded by timeoutMs)."""
+    return math.ceil(timeout_ms / 1000) + LOCK_MARGIN_SECONDS
+
+
+def acquire_lock(health_key: str, seconds: int) -> str | None:
+    """Take the probe lock of a model for `seconds` (the holder's token), or None if held."""
+    token = uuid.uuid4().hex
+    return token if cache.add(_lock_key(health_key), token, timeout=seconds) else None
+
+
+def release_lock(health_key: str, token: str) -> None:
+    """Free the lock if it is still ours (it may have expired and been taken by another)."""
+    key = _lock_key(health_key)
+    backend = caches["default"]
+    if isinstance(backend, RedisCache):  # compare and delete in one step
+        full_key = backend.make_and_validate_key(key)
+        client = backend._cache.get_client(full_key, write=True)
+        client.eval(_RELEASE_SCRIPT, 1, full_key, backend._cache._serializer.dumps(token))
+        return
+    if cache.get(key) == token:
+        cache.delete(key)
+
+
+def lock_held(health_key: str) -> bool:
+    return cache.get(_lock_key(health_key)) is not None
+
+
+def _to_dict(result: upstream.ProbeResult) -> dict[str, Any]:
+    return dataclasses.asdict(result)
+
+
+def _from_dict(value: Any) -> upstream.ProbeResult | None:
+    if not isinstance(value, dict):
+        return None
+    try:
+        return upstream.ProbeResult(**value)
+    except TypeError:
+        return None
+
+
+def _published_since(health_key: str, since_ms: int) -> upstream.ProbeResult | None:
+    """The result of a probe that finished at or after `since_ms`, if one was published."""
+    value = cache.get(_result_key(health_key))
+    if isinstance(value, dict) and value.get("finished_ms", 0) >= since_ms:
+        return _from_dict(value.get("result"))
+    return None
+
+
+@dataclass
+class _Probe:
+    """One call of `probe_model`: `attempt()` until it is done, sleeping in between."""
+
+    health_key: str
+    definition: dict[str, Any]
+    trusted: bool
+    trigger: str
+    wait: Literal["skip", "join", "after"]
+    reuse: Callable[[], upstream.ProbeResult | None] | None = None
+    needed: Callable[[], bool] | None = None
+    on_result: Callable[[upstream.ProbeResult], None] | None = None
+    lock_ttl: int = field(init=False)
+    wait_seconds: float = field(init=False)
+    started_ms: int = field(init=False)
+    deadline: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        timeout_ms = timeout_ms_of(self.definition)
+        self.lock_ttl = lock_seconds(timeout_ms)
+        self.wait_seconds = {"skip": 0.0, "join": timeout_ms / 1000 + 1}.get(
+            self.wait, self.lock_ttl + 1
+        )
+        self.started_ms = upstream.now_ms()
+        self.deadline = time.monotonic() + self.wait_seconds
+
+    def attempt(self) -> tuple[bool, upstream.ProbeResult | None]:
+        """(True, result) when done (result None: skipped); (False, None): wait and retry."""
+        token = acquire_lock(self.health_key, self.lock_ttl)
+        if token is not None:
+            try:
+                return True, self._probe_locked()
+            finally:
+                try:
+                    release_lock(self.health_key, token)
+                except Exception:  # it expires by itself
+                    logger.warning("could not release the health lock of %s", self.health_key)
+        if self.wait == "skip":
+            return True, None
+        if self.wait == "join":
+            if self.reuse is not None and (reused := self.reuse()) is not None:
+                return True, reused
+            if (published := _published_since(self.health_key, self.started_ms)) is not None:
+                return True, published
+        if time.monotonic() >= self.deadline:
+            return True, self._give_up()
+        return False, None
+
+    def _probe_locked(self) -> upstream.ProbeResult | None:
+        if self.needed is not None and not self.needed():
+            return None
+        if self.reuse is not None and (reused := self.reuse()) is not None:
+            return reused
+        if self.wait == "join" and (
+            published := _published_since(self.health_key, self.started_ms)
+        ):
+            return published  # the probe we waited for finished as the lock came free
+        result = run_probe(self.definition, trusted=self.trusted)
+        cache.set(
+            _result_key(self.health_key),
+            {"finished_ms": upstream.now_ms(), "result": _to_dict(result)},
+            self.lock_ttl,
+        )
+        if self.on_result is not None:
+            self.on_result(result)
+        try:
+            record(self.health_key, result, trigger=self.trigger)
+        except Exception:
+            if self.trigger != "preflight":
+                raise
+            logger.exception("could not store the preflight result of %s", self.health_key)
+        return result
+
+    def _give_up(self) -> upstream.ProbeResult:
+        # Still locked at the deadline: another worker took the lock again meanwhile (or, for a
+        # preflight, its probe outlived the timeout). Use a result that finished while we
+        # waited rather than probing alongside it.
+        published = _published_since(self.health_key, self.started_ms)
+        if published is not None:
+            return published
+        logger.warning(
+            "health probe of %s: the lock stayed held for %.0f s",
+            self.health_key,
+            self.wait_seconds,
+        )
+        return _failed("another health check of this model is still running; try again shortly")
+
+
+def probe_model(
+    health_key: str,
+    definition: dict[str, Any],
+    *,
+    trusted: bool,
+    trigger: str,
+    wait: Literal["skip", "join", "after"] = "after",
+    reuse: Callable[[], upstream.ProbeResult | None] | None = None,
+    needed: Callable[[], bool] | None = None,
+    on_result: Callable[[upstream.ProbeResult], None] | None = None,
+) -> upstream.ProbeResult | None:
+    """Probe a model while holding its lock, store the result (health, history) and publish it.
+    Every probe of a model goes through here (or `aprobe_model`).
+
+    When another worker holds the lock, `wait` says what to do:
+    - "skip" (periodic sweeps): return None at once;
+    - "join" (preflight): wait, up to the probe timeout, for the in-flight probe's result and use
+      it (or probe if the lock frees without a result);
+    - "after" (manual checks): wait for the lock, up to its lifetime, then probe: a fresh result.
+    Under the lock, `reuse()` may return a result that makes the probe unnecessary (a preflight
+    result another worker has just cached), `needed()` False skips the probe (None), and
+    `on_result(result)` runs before the lock is released (to cache a preflight result).
+    """
+    return _run(_Probe(health_key, definition, trusted, trigger, wait, reuse, needed, on_result))
+
+
+def _run(probe: _Probe) -> upstream.ProbeResult | None:
+    while True:
+        done, result = probe.attempt()
+        if done:
+            return result
+        time.sleep(POLL_SECONDS)
+
+
+async def _arun(probe: _Probe) -> upstream.ProbeResult | None:
+    """`probe_model` from async code: waits on the event loop, not in a worker thread."""
+    from orgs.asyncdb import run_db
+
+    while True:
+        done, result = await run_db(probe.attempt)
+        if done:
+            return result
+        await asyncio.sleep(POLL_SECONDS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,19 +380,32 @@ def due_entries(now: datetime | None = None) -> list[Entry]:
     return due
 
 
-def _lock_key(health_key: str) -> str:
-    return f"health-lock:{health_key}"
+def probe_with_lock(
+    entry: Entry, *, trigger: str, now: datetime | None = None
+) -> upstream.ProbeResult | None:
+    """Probe unless another worker is probing this model right now, or has probed it since the
+    due list was read (then None)."""
+    hc = entry.full_definition().get("healthCheck") or {}
+    interval = hc.get("intervalSeconds")
 
+    def still_due() -> bool:
+        if not interval:
+            return True
+        last = (
+            HealthStatus.objects.filter(target=entry.health_key)
+            .values_list("checked_at", flat=True)
+            .first()
+        )
+        return last is None or last + timedelta(seconds=int(interval)) <= (now or timezone.now())
 
-def probe_with_lock(entry: Entry, *, trigger: str) -> upstream.ProbeResult | None:
-    """Probe unless another worker is probing this model right now (then None)."""
-    key = _lock_key(entry.health_key)
-    if not cache.add(key, "1", timeout=LOCK_SECONDS):
-        return None
-    try:
-        return check_health(entry, trigger=trigger)
-    finally:
-        cache.delete(key)
+    return probe_model(
+        entry.health_key,
+        entry.full_definition(),
+        trusted=entry.source == "yaml",
+        trigger=trigger,
+        wait="skip",
+        needed=still_due,
+    )
 
 
 def sweep(now: datetime | None = None) -> int:
@@ -179,7 +413,7 @@ def sweep(now: datetime | None = None) -> int:
     count = 0
     for entry in due_entries(now):
         try:
-            if probe_with_lock(entry, trigger="periodic") is not None:
+            if probe_with_lock(entry, trigger="periodic", now=now) is not None:
                 count += 1
         except Exception:  # one broken model must not stop the sweep
             logger.exception("health probe of %s failed", entry.id)
@@ -190,30 +424,50 @@ def sweep(now: datetime | None = None) -> int:
 # Preflight
 
 
-def _preflight_cached(health_key: str) -> bool | None:
-    value = cache.get(f"health-preflight:{health_key}")
-    return None if value is None else value == "1"
+def _preflight_key(health_key: str) -> str:
+    return f"health-preflight:{health_key}"
+
+
+def _preflight_cached(health_key: str) -> upstream.ProbeResult | None:
+    value = cache.get(_preflight_key(health_key))
+    if value in ("1", "0"):  # the form written before results were cached whole
+        return dataclasses.replace(_failed(""), is_available=value == "1", error=None)
+    return _from_dict(value)
+
+
+def _preflight_probe(route: Route) -> _Probe:
+    ttl = int((route.health_check or {}).get("cacheTtlSeconds") or 0)
+
+    def keep(result: upstream.ProbeResult) -> None:
+        if ttl > 0:
+            cache.set(_preflight_key(route.health_key), _to_dict(result), ttl)
+
+    return _Probe(
+        route.health_key,
+        {**route.definition, "auth": route.auth},
+        route.trusted,
+        "preflight",
+        "join",
+        reuse=lambda: _preflight_cached(route.health_key),
+        on_result=keep,
+    )
 
 
 def preflight(route: Route) -> bool:
-    """Whether a `preflight` model is up, probing at most once per cacheTtlSeconds."""
-    hc = route.health_check or {}
+    """Whether a `preflight` model is up, probing at most once per cacheTtlSeconds. Requests that
+    miss the cache while another probes the model wait for that probe's result."""
     cached = _preflight_cached(route.health_key)
     if cached is not None:
-        return cached
-    definition = {**route.definition, "auth": route.auth}
-    result = run_probe(definition, trusted=route.trusted)
-    try:
-        record(route.health_key, result, trigger="preflight")
-    except Exception:
-        logger.exception("could not store the preflight result of %s", route.model_id)
-    ttl = int(hc.get("cacheTtlSeconds") or 0)
-    if ttl > 0:
-        cache.set(f"health-preflight:{route.health_key}", "1" if result.is_available else "0", ttl)
-    return result.is_available
+        return cached.is_available
+    result = _run(_preflight_probe(route))
+    return result is not None and result.is_available
 
 
 async def apreflight(route: Route) -> bool:
     from orgs.asyncdb import run_db
 
-    return await run_db(preflight, route)
+    cached = await run_db(_preflight_cached, route.health_key)
+    if cached is not None:
+        return cached.is_available
+    result = await _arun(_preflight_probe(route))
+    return result is not None and result.is_available

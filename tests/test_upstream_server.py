@@ -408,3 +408,19 @@ def test_subprocess_mode() -> None:
         stop_subprocess(proc)
         assert time.monotonic() - start < 5
     assert proc.returncode is not None
+
+
+def test_stats_keep_the_peak_of_concurrent_requests(up: UpstreamServer) -> None:
+    import concurrent.futures
+
+    def call(_: int) -> int:
+        return httpx.post(
+            up.url + "/v1/chat/completions", json=chat("chunks@1+delay@300"), timeout=5
+        ).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(call, range(4))) == [200] * 4
+    stats = up.stats()
+    assert stats["peak_open_requests"] == 4 and stats["open_requests"] == 0
+    up.reset()
+    assert up.stats()["peak_open_requests"] == 0  # restarts from the requests open now

@@ -35,6 +35,8 @@ are not options (a base name such as `gpt-test`) are ignored.
     fault-big@MB    200 JSON completion of MB megabytes (default 20), sent in 64 KB pieces
 
 Other endpoints: `GET /v1/models` (and `/models`), `GET /health` (200), `GET /health/503` (503),
+`GET /health/delay@MS` (200 after MS ms; counted in `open_requests` and `peak_open_requests`, so
+that tests can see overlapping health probes),
 `GET /_internal/secret`, and the control endpoints `GET /_requests`, `POST /_reset`, `GET /_stats`
 (not recorded themselves).
 """
@@ -221,6 +223,7 @@ class UpstreamApp:
         self._open_streams = 0
         self._completed_streams = 0
         self._open_requests = 0
+        self._peak_open_requests = 0
         self._ids = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing: asyncio.Event | None = None
@@ -239,15 +242,18 @@ class UpstreamApp:
                 "open_streams": self._open_streams,
                 "completed_streams": self._completed_streams,
                 "open_requests": self._open_requests,
+                "peak_open_requests": self._peak_open_requests,
             }
 
     def reset(self) -> None:
-        """Clear the records and the totals (open_* gauges track live work and are kept)."""
+        """Clear the records and the totals (open_* gauges track live work and are kept; the peak
+        restarts from the requests open now)."""
         with self._lock:
             self._records.clear()
             self._requests = 0
             self._client_disconnects = 0
             self._completed_streams = 0
+            self._peak_open_requests = self._open_requests
 
     def close(self) -> None:
         """Drop every in-flight request (hang, trickle...) so that the server can stop at once."""
@@ -317,6 +323,14 @@ class UpstreamApp:
                 await self._guarded(receive, ex, self._chat)
         elif path == "/health":
             await _json(ex, 200, {"status": "ok"})
+        elif path.startswith("/health/delay@") and _number(path[len("/health/delay@") :]):
+            delay_ms = _number(path[len("/health/delay@") :]) or 0.0
+
+            async def slow_health(ex: _Exchange) -> None:
+                await asyncio.sleep(delay_ms / 1000)
+                await _json(ex, 200, {"status": "ok"})
+
+            await self._guarded(receive, ex, slow_health)
         elif path == "/health/503":
             await _json(ex, 503, {"status": "unavailable"})
         elif path in ("/v1/models", "/models"):
@@ -355,6 +369,7 @@ class UpstreamApp:
         stop = asyncio.ensure_future(closing.wait())
         with self._lock:
             self._open_requests += 1
+            self._peak_open_requests = max(self._peak_open_requests, self._open_requests)
         try:
             done, _ = await asyncio.wait({work, watch, stop}, return_when=asyncio.FIRST_COMPLETED)
             if work in done:
