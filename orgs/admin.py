@@ -1,11 +1,29 @@
-"""Django admin for tenants, members, keys and the audit trail. Key hashes are never shown."""
+"""Django admin for tenants, members, keys, the audit trail and the config generation. Key hashes
+are never shown. Keys change only through `orgs.services` (the revoke action here), which audits
+the change and moves the config generation so every process drops its cached keys."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from django.contrib import admin
 from django.http import HttpRequest
 
-from orgs.models import ApiKey, AuditEvent, Membership, Org
+from orgs.models import ApiKey, AuditEvent, ConfigGeneration, Membership, Org
+
+
+class ViewOnlyAdmin(admin.ModelAdmin):
+    """Listed and shown, never added, changed or deleted here (machine-written rows, or rows
+    that only the audited services may change)."""
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
 
 
 class MembershipInline(admin.TabularInline):
@@ -31,7 +49,8 @@ class MembershipAdmin(admin.ModelAdmin):
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
     """Keys are issued with `create_api_key` or the dashboard (the raw key is shown once there);
-    the admin can only look and revoke."""
+    the admin can only look and revoke (a role or revocation edited in place would escape the
+    audit trail and leave the key cached in running processes)."""
 
     list_display = ["prefix", "org", "name", "role", "cluster_admin", "last_used_at", "revoked_at"]
     list_filter = ["role", "cluster_admin", "org"]
@@ -47,10 +66,16 @@ class ApiKeyAdmin(admin.ModelAdmin):
         "last_used_at",
         "revoked_at",
     ]
-    readonly_fields = ["org", "prefix", "created_by", "created_at", "last_used_at"]
+    readonly_fields = fields
     actions = ["revoke"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return request.method in ("GET", "HEAD") and super().has_view_permission(request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
 
     @admin.action(description="Revoke the selected keys")
@@ -58,20 +83,18 @@ class ApiKeyAdmin(admin.ModelAdmin):
         from orgs.services import revoke_api_key
 
         for key in queryset:
-            revoke_api_key(key, actor=f"user:{request.user}")
+            revoke_api_key(key, actor=f"user:{request.user.get_username()}")
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):
+class AuditEventAdmin(ViewOnlyAdmin):
     list_display = ["created_at", "org_slug", "actor", "action", "target"]
     list_filter = ["action", "org_slug"]
     search_fields = ["actor", "target", "org_slug"]
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
 
-    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
+@admin.register(ConfigGeneration)
+class ConfigGenerationAdmin(ViewOnlyAdmin):
+    """The counter that invalidates hot-path caches (used without Redis): moved by the services."""
 
-    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
+    list_display = ["id", "value"]

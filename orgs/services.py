@@ -90,7 +90,13 @@ def revoke_api_key(key: ApiKey, *, actor: str = "system") -> ApiKey:
     if key.revoked_at is None:
         key.revoked_at = timezone.now()
         key.save(update_fields=["revoked_at"])
-        record_audit(org=key.org, actor=actor, action="key.revoked", target=key.prefix)
+        record_audit(
+            org=key.org,
+            actor=actor,
+            action="key.revoked",
+            target=key.prefix,
+            changes={"name": key.name, "role": key.role, "cluster_admin": key.cluster_admin},
+        )
     return key
 
 

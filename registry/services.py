@@ -213,14 +213,12 @@ def remove_model(org: Org, model_id: str, *, actor: str) -> None:
         )
         AutoModel.objects.filter(org=org, model_id__in=names).delete()
         HealthStatus.objects.filter(target=model.health_key).delete()
+        removed = model.definition  # redacted: secrets never reach the audit trail
         model.delete()
-        record_audit(
-            org=org,
-            actor=actor,
-            action="model.removed",
-            target=model_id,
-            changes={"auto_overrides_cleared": sorted(cleared)} if cleared else {},
-        )
+        changes: dict[str, Any] = {"definition": removed}
+        if cleared:
+            changes["auto_overrides_cleared"] = sorted(cleared)
+        record_audit(org=org, actor=actor, action="model.removed", target=model_id, changes=changes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,12 +262,15 @@ def put_grants(org: Org, model_ids: Any, *, actor: str) -> list[str]:
         current = set(ClusterGrant.objects.filter(org=org).values_list("model_id", flat=True))
         revoked = current - wanted
         added = wanted - current
+        cleared: list[str] = []
         if revoked:
             ClusterGrant.objects.filter(org=org, model_id__in=revoked).delete()
             revoked_names = set(revoked)
             for mid in revoked:
                 revoked_names.update(registry.models[mid].aliases if mid in registry.models else [])
-            AutoModel.objects.filter(org=org, model_id__in=revoked_names).delete()
+            overrides = AutoModel.objects.filter(org=org, model_id__in=revoked_names)
+            cleared = sorted(overrides.values_list("endpoint", flat=True))
+            overrides.delete()
         ClusterGrant.objects.bulk_create(
             [ClusterGrant(org=org, model_id=mid, granted_by=actor) for mid in sorted(added)]
         )
@@ -279,7 +280,11 @@ def put_grants(org: Org, model_ids: Any, *, actor: str) -> list[str]:
                 actor=actor,
                 action="grants.replaced",
                 target=org.slug,
-                changes={"granted": sorted(added), "revoked": sorted(revoked)},
+                changes={
+                    "granted": sorted(added),
+                    "revoked": sorted(revoked),
+                    **({"auto_overrides_cleared": cleared} if cleared else {}),
+                },
             )
     return sorted(wanted)
 
@@ -322,13 +327,23 @@ def set_auto_model(org: Org, endpoint: str, body: Any, *, actor: str) -> AutoMod
             param="modelId",
         )
     with transaction.atomic():
+        previous = (
+            AutoModel.objects.select_for_update()
+            .filter(org=org, endpoint=endpoint)
+            .values_list("model_id", flat=True)
+            .first()
+        )
         auto, _ = AutoModel.objects.update_or_create(
             org=org,
             endpoint=endpoint,
             defaults={"model_id": entry.id, "set_by": actor, "set_at": timezone.now()},
         )
         record_audit(
-            org=org, actor=actor, action="auto.set", target=endpoint, changes={"model_id": entry.id}
+            org=org,
+            actor=actor,
+            action="auto.set",
+            target=endpoint,
+            changes={"endpoint": endpoint, "model_id": entry.id, "previous_model_id": previous},
         )
     return auto
 
@@ -336,6 +351,14 @@ def set_auto_model(org: Org, endpoint: str, body: Any, *, actor: str) -> AutoMod
 def clear_auto_model(org: Org, endpoint: str, *, actor: str) -> None:
     check_endpoint(endpoint)
     with transaction.atomic():
-        deleted, _ = AutoModel.objects.filter(org=org, endpoint=endpoint).delete()
+        rows = AutoModel.objects.select_for_update().filter(org=org, endpoint=endpoint)
+        previous = rows.values_list("model_id", flat=True).first()
+        deleted, _ = rows.delete()
         if deleted:
-            record_audit(org=org, actor=actor, action="auto.cleared", target=endpoint)
+            record_audit(
+                org=org,
+                actor=actor,
+                action="auto.cleared",
+                target=endpoint,
+                changes={"endpoint": endpoint, "model_id": previous},
+            )
