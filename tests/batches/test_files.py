@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 from django.utils import timezone
 from meetkai_mka1 import errors
 
 from batches.models import Batch, File
-from tests.batches.conftest import chat_lines, jsonl, line, parse_jsonl, upload
-from tests.conftest import auth
+from tests.batches.conftest import ROOT, chat_lines, jsonl, line, parse_jsonl, upload, wait_until
+from tests.conftest import auth, free_port
 
 FILES = "/api/v1/llm/files"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
@@ -310,3 +317,254 @@ def test_the_openai_client_uses_files(world, openai_for):
     assert [f.id for f in client.files.list().data] == [created.id]
     assert parse_jsonl(client.files.content(created.id).read()) == parse_jsonl(data)
     assert client.files.delete(created.id).deleted is True
+
+
+# --- the size limit whatever the framing, temporary files, memory -----------------------------
+
+BOUNDARY = "test-boundary-5d2f"
+
+
+def multipart_head(name: str = "in.jsonl", purpose: str = "batch") -> bytes:
+    return (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\n{purpose}\r\n'
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+        "Content-Type: application/jsonl\r\n\r\n"
+    ).encode()
+
+
+MULTIPART_TAIL = f"\r\n--{BOUNDARY}--\r\n".encode()
+MULTIPART_TYPE = f"multipart/form-data; boundary={BOUNDARY}"
+
+
+def chunks(data: bytes, size: int = 16 * 1024) -> Iterator[bytes]:
+    """A generator body: httpx sends it with Transfer-Encoding: chunked, no Content-Length."""
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+def post_chunked(http, who, data: bytes) -> httpx.Response:
+    body = multipart_head() + data + MULTIPART_TAIL
+    headers = auth(who) | {"Content-Type": MULTIPART_TYPE}
+    return http.post(FILES, headers=headers, content=chunks(body))
+
+
+def open_files_under(folder: Path) -> list[str]:
+    """Files this process (the live server runs in it) holds open under `folder`, including
+    unlinked ones (Django's spooled request body is an anonymous temporary file)."""
+    found = []
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith(str(folder)):
+            found.append(target)
+    return found
+
+
+@pytest.fixture
+def upload_tmp(settings, tmp_path, monkeypatch) -> Iterator[tuple[Path, list[str]]]:
+    """Every temporary file of an upload goes to one folder: Django's spooled request body
+    (rolled to disk past 1 KiB) and the upload handler's file (whose names are recorded)."""
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("needs /proc")
+    from django.core.files import temp
+
+    folder = tmp_path / "upload-tmp"
+    folder.mkdir()
+    settings.FILE_UPLOAD_TEMP_DIR = str(folder)
+    settings.FILE_UPLOAD_MAX_MEMORY_SIZE = 1024
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    made: list[str] = []
+    real = temp.NamedTemporaryFile
+
+    def recording(*args, **kwargs):
+        handle = real(*args, **kwargs)
+        made.append(handle.name)
+        return handle
+
+    monkeypatch.setattr(temp, "NamedTemporaryFile", recording)
+    yield folder, made
+
+
+def assert_no_temp_files(folder: Path) -> None:
+    wait_until(lambda: not any(folder.iterdir()) and not open_files_under(folder), timeout=5)
+
+
+def assert_refused_for_size(response: httpx.Response, limit: int) -> None:
+    assert response.status_code == 413, response.text
+    assert response.json() == {
+        "error": {
+            "message": f"the file is larger than the maximum of {limit} bytes",
+            "type": "invalid_request_error",
+            "param": "file",
+            "code": 413,
+        }
+    }
+
+
+def test_a_chunked_upload_over_the_limit_is_refused_while_streaming(
+    world, http, settings, upload_tmp
+):
+    folder, made = upload_tmp
+    settings.FILES_MAX_UPLOAD_BYTES = 1000
+    sent = 0
+
+    def endless() -> Iterator[bytes]:  # 256 MiB if the server read it all
+        nonlocal sent
+        yield multipart_head() + b'{"a": "'
+        block = b"x" * 64 * 1024
+        for _ in range(4096):
+            sent += len(block)
+            yield block
+
+    headers = auth(world.bob) | {"Content-Type": MULTIPART_TYPE}
+    response = http.post(FILES, headers=headers, content=endless())
+    assert "content-length" not in response.request.headers
+    assert_refused_for_size(response, 1000)
+    # The server stopped reading: the client could only send what the sockets buffer.
+    assert sent < 32 * 1024 * 1024
+    assert File.objects.count() == 0
+    assert stored_blobs(settings) == []
+    assert made == []  # refused before the view: no upload file was ever made
+    assert_no_temp_files(folder)
+
+
+def test_a_chunked_upload_within_the_limit_is_stored(world, http, settings, upload_tmp):
+    folder, made = upload_tmp
+    data = chat_lines(300, "m")
+    response = post_chunked(http, world.bob, data)
+    assert "content-length" not in response.request.headers
+    assert response.status_code == 200, response.text
+    assert response.json()["bytes"] == len(data)
+    file = File.objects.get()
+    assert file.line_count == 300
+    assert stored_blobs(settings)[0].read_bytes() == data
+    assert len(made) == 1 and made[0].startswith(str(folder))
+    assert_no_temp_files(folder)
+
+
+@pytest.mark.parametrize(
+    ("data", "status"),
+    [
+        (chat_lines(50, "m"), 200),
+        (chat_lines(50, "m") + b"not json\n", 400),
+        (b'{"a": "' + b"x" * 25_000 + b'"}\n', 413),  # the upload handler's limit
+        (b'{"a": "' + b"x" * 300_000 + b'"}\n', 413),  # the Content-Length guard's
+    ],
+    ids=["accepted", "bad-line", "over-in-handler", "over-by-length"],
+)
+@pytest.mark.parametrize("chunked", [False, True], ids=["length", "chunked"])
+def test_no_temporary_file_outlives_an_upload(
+    world, http, settings, upload_tmp, data, status, chunked
+):
+    folder, made = upload_tmp
+    settings.FILES_MAX_UPLOAD_BYTES = 20_000
+    send = post_chunked if chunked else post_file
+    response = send(http, world.bob, data)
+    assert response.status_code == status, response.text
+    if status == 413:
+        assert_refused_for_size(response, 20_000)
+    assert File.objects.count() == (1 if status == 200 else 0)
+    assert len(stored_blobs(settings)) == (1 if status == 200 else 0)
+    if len(data) < 50_000:  # not refused before the view: the view wrote the file to disk
+        assert len(made) == 1 and made[0].startswith(str(folder))
+    assert_no_temp_files(folder)
+
+
+@pytest.mark.parametrize("value", [None, "", "  "])
+def test_the_upload_limit_defaults_to_200_mib(value):
+    env = {k: v for k, v in os.environ.items() if k != "FILES_MAX_UPLOAD_BYTES"}
+    if value is not None:
+        env["FILES_MAX_UPLOAD_BYTES"] = value
+    env["DJANGO_SETTINGS_MODULE"] = "dashboard.settings"
+    code = "from django.conf import settings; print(settings.FILES_MAX_UPLOAD_BYTES)"
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    assert int(done.stdout) == 200 * 1024 * 1024
+
+
+def _memory_kib(pid: int) -> dict[str, int]:
+    status = Path(f"/proc/{pid}/status").read_text()
+    fields = dict(row.split(":", 1) for row in status.splitlines() if ":" in row)
+    return {name: int(fields[name].split()[0]) for name in ("VmHWM", "VmRSS")}
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["length", "chunked"])
+def test_a_large_upload_is_never_held_in_memory(world, batch_env, tmp_path, chunked):
+    """A 60 MB batch file through `uvicorn dashboard.asgi:application` in its own process: its
+    peak RSS grows by far less than the file (the body and the file are spooled to disk)."""
+    if not Path("/proc/self/status").exists():
+        pytest.skip("needs /proc")
+    json_line = jsonl([line("r", "m", "y" * 1900)])
+    line_bytes = len(json_line)
+    count = 60 * 1024 * 1024 // line_bytes  # ~31,000 lines, under BATCH_MAX_LINES
+    size = count * line_bytes
+    head = multipart_head("big.jsonl")
+
+    def body() -> Iterator[bytes]:
+        yield head
+        block = json_line * 64
+        for _ in range(count // 64):
+            yield block
+        yield json_line * (count % 64)
+        yield MULTIPART_TAIL
+
+    port = free_port()
+    env = batch_env | {
+        "MEDIA_ROOT": str(tmp_path / "media"),
+        "VAR_DIR": str(tmp_path),
+        "TMPDIR": str(tmp_path),
+        "FILES_MAX_UPLOAD_BYTES": str(100 * 1024 * 1024),
+    }
+    log = (tmp_path / "server.log").open("wb")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "dashboard.asgi:application", "--host", "127.0.0.1"]
+        + ["--port", str(port), "--lifespan", "off", "--log-level", "warning"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    log.close()
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120)
+    try:
+        deadline = time.monotonic() + 40
+        while True:
+            assert server.poll() is None, (tmp_path / "server.log").read_text()
+            try:
+                if client.get(FILES, headers=auth(world.bob)).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.1)
+        # Warm up the upload path (imports, first database queries) before the baseline.
+        small = post_file(client, world.bob, chat_lines(2, "m"))
+        before = _memory_kib(server.pid)
+        headers = auth(world.bob) | {"Content-Type": MULTIPART_TYPE}
+        if not chunked:
+            headers["Content-Length"] = str(len(head) + size + len(MULTIPART_TAIL))
+        started = time.monotonic()
+        response = client.post(FILES, headers=headers, content=body())
+        elapsed = time.monotonic() - started
+        after = _memory_kib(server.pid)
+    finally:
+        client.close()
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+    assert small.status_code == 200
+    assert response.status_code == 200, response.text
+    assert response.json()["bytes"] == size
+    assert File.objects.get(public_id=response.json()["id"]).line_count == count
+    growth_mib = (after["VmHWM"] - before["VmHWM"]) / 1024
+    assert growth_mib < 25, (
+        f"peak RSS grew by {growth_mib:.1f} MiB for a {size >> 20} MiB file "
+        f"(uploaded in {elapsed:.1f} s)"
+    )
