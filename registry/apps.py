@@ -8,11 +8,16 @@ class RegistryConfig(AppConfig):
     verbose_name = "Model registry"
 
     def ready(self) -> None:
-        # Validate the operator's YAML at start: a broken file stops the process with a message
-        # naming the file, the model and the field.
-        from registry.cluster import get_cluster_registry
+        # Validate the operator's YAML at start: a broken file stops the process with one line
+        # naming the file, the model and the field, and no traceback (like a bad secret in
+        # dashboard/settings.py).
+        from registry.cluster import ClusterRegistryError, get_cluster_registry
 
-        get_cluster_registry()
+        try:
+            get_cluster_registry()
+        except ClusterRegistryError as exc:
+            problem = " ".join(str(exc).split())  # YAML parser messages span several lines
+            raise SystemExit(f"Configuration error: CLUSTER_REGISTRY_PATH {problem}") from None
 
         from django.db.models.signals import post_delete, post_save
 

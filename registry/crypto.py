@@ -43,5 +43,10 @@ def decrypt(token: str) -> str:
 
 
 def rotate(token: str) -> str:
-    """Re-encrypt under the first key."""
-    return fernet().rotate(token.encode()).decode()
+    """Re-encrypt under the first key (ImproperlyConfigured if no key decrypts `token`)."""
+    try:
+        return fernet().rotate(token.encode()).decode()
+    except InvalidToken:
+        raise ImproperlyConfigured(
+            "a stored secret cannot be decrypted with FIELD_ENCRYPTION_KEY (wrong or removed key)"
+        ) from None

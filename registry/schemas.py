@@ -205,8 +205,11 @@ class MinResolution(Strict):
     def _pair(self) -> MinResolution:
         width = self.maxWidth if self.maxWidth is not None else self.minWidth
         height = self.maxHeight if self.maxHeight is not None else self.minHeight
-        if width is None or height is None:
-            raise ValueError("maxWidth and maxHeight are required")
+        # Name the missing key itself (".key message": see validation_error).
+        if width is None:
+            raise ValueError(".maxWidth is required")
+        if height is None:
+            raise ValueError(".maxHeight is required")
         return self
 
 
@@ -564,10 +567,14 @@ def validation_error(exc: ValidationError, *, prefix: str = "") -> InvalidReques
     if prefix:
         path = f"{prefix}.{path}" if path else prefix
     message = _format_error(first)
-    # A validator's own message may start with an index of the field (aliases "[2] ...").
+    # A validator's own message may start with an index of the field (aliases "[2] ...") or
+    # with the name of a key inside it (".maxHeight is required"): it belongs to the path.
     if message.startswith("[") and "]" in message:
         index, _, rest = message.partition("] ")
         path, message = f"{path}{index}]", rest
+    elif message.startswith(".") and " " in message:
+        key, _, message = message.partition(" ")
+        path = f"{path}{key}" if path else key[1:]
     text = f"{path}: {message}" if path else message
     if len(errors) > 1:
         text += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
