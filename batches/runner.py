@@ -76,9 +76,8 @@ INSERT_CHUNK = 1000
 MAX_REPORTED_ERRORS = 100
 MAX_CUSTOM_ID = 512
 FLUSH_SECONDS = 0.1  # results are written as they come, and at least this often
-BACKOFF_BASE = 0.5
-BACKOFF_MAX = 30.0
-RETRY_AFTER_MAX = 60.0
+BACKOFF_MAX = 30.0  # the longest wait between two tries of a line
+RETRY_AFTER_MAX = 60.0  # an upstream's Retry-After is honoured up to this
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 FAILED_STATUSES = (ItemStatus.FAILED, ItemStatus.CANCELLED, ItemStatus.EXPIRED)
 
@@ -629,11 +628,6 @@ def execute(batch: Batch, worker: str) -> str:
         outcome = _event_loop().run_until_complete(run.main())
     finally:
         usage.flush()
-    if run.undispatched:
-        # Queued but never started: their dispatch did not happen, so it does not count.
-        BatchItem.objects.filter(pk__in=run.undispatched, status=ItemStatus.PENDING).update(
-            attempts=F("attempts") - 1, lease_until=None
-        )
     return outcome
 
 
@@ -679,8 +673,10 @@ def _retry_after(exc: ServiceError) -> float:
 
 
 def _backoff(tries: int) -> float:
-    base = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (tries - 1))
-    return base * random.uniform(0.8, 1.2)
+    """The wait after the `tries`-th failed try of a line: BATCH_RETRY_BASE_SECONDS, doubled on
+    each further try, plus up to 25% jitter (so the waits never shrink), at most BACKOFF_MAX."""
+    delay = settings.BATCH_RETRY_BASE_SECONDS * 2 ** (tries - 1)
+    return min(BACKOFF_MAX, delay * random.uniform(1.0, 1.25))
 
 
 class _Run:
@@ -691,8 +687,8 @@ class _Run:
         self.worker = worker
         self.caller = caller
         self.concurrency = max(1, settings.BATCH_CONCURRENCY)
-        # Lines are read (and their start recorded) a page at a time; a worker killed mid-page
-        # counts an attempt for the page's unstarted lines too, which is bounded by the page.
+        # Lines are read a page at a time; a line's start (its attempt) is recorded only when a
+        # slot takes it up, so a worker killed mid-page charges only the lines in flight.
         self.page_size = max(64, 4 * self.concurrency)
         self.max_attempts = max(1, settings.BATCH_LINE_MAX_ATTEMPTS)
         self.tick_seconds = min(1.0, settings.BATCH_LEASE_SECONDS / 4)
@@ -705,7 +701,9 @@ class _Run:
         self.slots = asyncio.Semaphore(self.concurrency)
         self.closing = False
         self.finished: list[_Outcome] = []
-        self.undispatched: list[int] = []
+        # Starts waiting to be recorded, written together by one task (see _record_start).
+        self.starting: list[tuple[int, asyncio.Future[None]]] = []
+        self.start_writer: asyncio.Task[None] | None = None
         self.pause_until = 0.0
         self.synced_at = 0.0
         self.write_failures = 0
@@ -745,6 +743,8 @@ class _Run:
             for task in (producer, *workers, ticker, stopped):
                 task.cancel()
             await asyncio.gather(producer, all_done, ticker, stopped, return_exceptions=True)
+            if self.start_writer is not None:  # a write of starts in flight ends on its own
+                await asyncio.gather(self.start_writer, return_exceptions=True)
             self.closing = True
             self.flush_now.set()
             await asyncio.gather(writer, return_exceptions=True)
@@ -781,12 +781,8 @@ class _Run:
                     await self.slots.acquire()
                 if self.stop is None:
                     await queue.put(row)
-                else:
-                    self.undispatched.append(row["pk"])
-        while not queue.empty():  # a time slice ended: hand back what nobody started
-            row = queue.get_nowait()
-            if row is not None:
-                self.undispatched.append(row["pk"])
+        while not queue.empty():  # a time slice ended: what nobody started stays pending
+            queue.get_nowait()
         for _ in range(self.concurrency):
             await queue.put(None)
 
@@ -800,17 +796,45 @@ class _Run:
         )
         poisoned = [row for row in rows if row["attempts"] >= self.max_attempts]
         fresh = [row for row in rows if row["attempts"] < self.max_attempts]
-        if fresh:
-            BatchItem.objects.filter(pk__in=[row["pk"] for row in fresh]).update(
-                attempts=F("attempts") + 1,
-                lease_until=timezone.now() + _lease(),
-            )
         return fresh, poisoned
+
+    async def _record_start(self, pk: int) -> bool:
+        """Count an attempt for line `pk` before anything is sent for it (a line that keeps
+        killing its worker is failed after BATCH_LINE_MAX_ATTEMPTS starts). Starts that arrive
+        while a write is in flight share the next one: one UPDATE for many lines. False when the
+        start could not be recorded: the line is not run and the pass stops."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.starting.append((pk, future))
+        if self.start_writer is None or self.start_writer.done():
+            self.start_writer = asyncio.create_task(self._write_starts())
+        try:
+            await future
+        except Exception as exc:
+            logger.warning("batch %s: could not record line starts: %s", self.batch_pk, exc)
+            self._halt("error")
+            return False
+        return True
+
+    async def _write_starts(self) -> None:
+        while self.starting:
+            group, self.starting = self.starting, []
+            try:
+                await self.db(_count_starts, [pk for pk, _ in group])
+            except Exception as exc:
+                for _, future in group:
+                    if not future.done():
+                        future.set_exception(exc)
+            else:
+                for _, future in group:
+                    if not future.done():
+                        future.set_result(None)
 
     async def _work(self, queue: asyncio.Queue[dict[str, Any] | None]) -> None:
         while True:
             row = await queue.get()
             if row is None:
+                return
+            if not await self._record_start(row["pk"]):
                 return
             try:
                 outcome = await self._execute(row)
@@ -986,6 +1010,12 @@ class _Run:
             if not owned:
                 transaction.set_rollback(True)
         return bool(owned)
+
+
+def _count_starts(pks: list[int]) -> None:
+    BatchItem.objects.filter(pk__in=pks, status=ItemStatus.PENDING).update(
+        attempts=F("attempts") + 1, lease_until=timezone.now() + _lease()
+    )
 
 
 def _record_all(outcomes: list[_Outcome], now: Any) -> tuple[int, int]:

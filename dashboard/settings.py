@@ -253,6 +253,8 @@ CHAT_STREAM_RESUME_GRACE_SECONDS = env_float("CHAT_STREAM_RESUME_GRACE_SECONDS",
 # Celery: a broker that needs no server unless CELERY_BROKER_URL says otherwise.
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL") or "filesystem://"
 if CELERY_BROKER_URL == "filesystem://":
+    # kombu's filesystem transport, publishing each message atomically (dashboard/broker.py).
+    CELERY_BROKER_TRANSPORT = "dashboard.broker:Transport"
     _broker_dir = VAR_DIR / "broker"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_broker_dir / "out"),
@@ -277,6 +279,10 @@ BATCH_MAX_LINES = env_int("BATCH_MAX_LINES", 50_000)
 BATCH_CONCURRENCY = env_int("BATCH_CONCURRENCY", 16)
 BATCH_COMPLETION_WINDOW_SECONDS = env_int("BATCH_COMPLETION_WINDOW_SECONDS", 86_400)
 BATCH_LINE_MAX_ATTEMPTS = env_int("BATCH_LINE_MAX_ATTEMPTS", 3)
+# Seconds before a batch line's first retry after an upstream error (5xx, timeout, connection
+# error); each further retry waits twice as long, plus up to 25% jitter, at most 30 s. An
+# upstream 429 waits its Retry-After instead (at most 60 s).
+BATCH_RETRY_BASE_SECONDS = env_float("BATCH_RETRY_BASE_SECONDS", 0.5)
 # A worker owns a batch while its heartbeat is younger than this; then the reconciler (on beat,
 # every BATCH_RECONCILE_SECONDS) hands the batch to another worker.
 BATCH_LEASE_SECONDS = env_float("BATCH_LEASE_SECONDS", 60.0)

@@ -3,14 +3,20 @@ create time, and tenancy. Batches here are held by a pretend worker, so nothing 
 
 from __future__ import annotations
 
+import inspect
 from datetime import timedelta
+from typing import Any
 
 import pytest
+from celery.signals import before_task_publish
+from django.db import transaction
 from django.utils import timezone
 from meetkai_mka1 import errors
 
+from batches import services, tasks
 from batches.models import Batch, File
-from tests.batches.conftest import chat_lines, upload
+from orgs.auth import Caller
+from tests.batches.conftest import chat_lines, upload, wait_until
 from tests.conftest import auth
 
 BATCHES = "/api/v1/llm/batches"
@@ -216,3 +222,44 @@ def test_deleting_an_org_deletes_its_files_and_batches(world, sdk_for, input_fil
     make_batches(sdk_for(world.bob), input_file.id, 1)
     world.org_a.delete()
     assert Batch.objects.count() == 0 and File.objects.count() == 0
+
+
+def test_a_batch_is_enqueued_on_commit_by_its_id_only(world, input_file):
+    published: list[tuple[str, Any]] = []
+
+    def record(sender: str, body: Any, **kwargs: Any) -> None:
+        published.append((sender, body))
+
+    before_task_publish.connect(record)
+    try:
+        caller = Caller.for_key(world.bob.key)
+        request = {"input_file_id": input_file.id, "endpoint": "/v1/chat/completions"}
+        # Rolled back: no batch, and no task message (its on-commit callback is dropped).
+        with pytest.raises(RuntimeError), transaction.atomic():
+            services.create_batch(caller, request)
+            raise RuntimeError("roll back")
+        assert not Batch.objects.exists()
+        # Committed: nothing is published while the transaction is open, one message after.
+        with transaction.atomic():
+            batch = services.create_batch(caller, request)
+            held(batch.public_id)
+            services._publisher.submit(lambda: None).result()  # the publisher is idle
+            assert published == []
+        wait_until(lambda: published, timeout=10)
+        services._publisher.submit(lambda: None).result()
+    finally:
+        before_task_publish.disconnect(record)
+    # The message carries the batch's primary key, nothing else (args, kwargs, embed).
+    assert len(published) == 1
+    sender, (args, kwargs, _embed) = published[0]
+    assert sender == tasks.run_batch.name
+    assert list(args) == [batch.pk] and isinstance(args[0], int) and kwargs == {}
+
+
+def test_run_batch_acknowledges_late_and_takes_an_id():
+    task = tasks.run_batch
+    assert task.acks_late is True
+    assert task.reject_on_worker_lost is True
+    parameters = list(inspect.signature(task.run).parameters.values())
+    assert [p.name for p in parameters] == ["batch_pk"]
+    assert parameters[0].annotation in (int, "int")

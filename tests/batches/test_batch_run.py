@@ -20,6 +20,7 @@ from gateway import usage
 from gateway.models import UsageRecord
 from orgs.services import revoke_api_key
 from tests.batches.conftest import (
+    WORKER_SETTINGS,
     chat_lines,
     content,
     jsonl,
@@ -258,6 +259,20 @@ def test_lines_run_within_the_models_rate_limit(world, worker, batch_model, sdk_
     assert len(times) == 12
     # At most 5 requests in any one-second window (a little slack for clock reads).
     assert all(later - earlier >= 0.9 for earlier, later in zip(times, times[5:], strict=False))
+
+
+def test_lines_run_with_bounded_concurrency(world, worker, batch_model, sdk_for, upstream):
+    concurrency = int(WORKER_SETTINGS["BATCH_CONCURRENCY"])  # the worker's setting
+    model = batch_model(world.org_a, "acme:slow", "chunks@1+delay@200")
+    sdk = sdk_for(world.bob)
+    file = upload(sdk, chat_lines(5 * concurrency, model))
+    upstream.reset()
+    batch = create(sdk, file.id)
+    done = wait_status(sdk, batch.id, TERMINAL, timeout=60)
+    assert done.status == "completed" and done.request_counts.completed == 5 * concurrency
+    # Enough slow lines to fill every slot: several ran at once, never more than the setting.
+    peak = upstream.stats()["peak_open_requests"]
+    assert 1 < peak <= concurrency, peak
 
 
 def test_a_revoked_key_fails_the_remaining_lines(world, worker, batch_model, sdk_for):

@@ -13,7 +13,8 @@ from django.utils import timezone
 from batches import runner, services
 from batches.models import Batch, BatchItem, File
 from orgs.auth import Caller
-from tests.batches.conftest import chat_lines, jsonl, line, upload
+from orgs.errors import RateLimited
+from tests.batches.conftest import chat_lines, jsonl, line, parse_jsonl, upload
 
 
 @pytest.fixture
@@ -175,3 +176,109 @@ def test_a_result_the_database_refuses_fails_only_its_line(make_batch):
     assert nul.status == "succeeded" or nul.error["code"] == "unstorable_response"
     counts = Batch.objects.values_list("completed", "failed").get()
     assert sum(counts) == 2
+
+
+def test_the_worker_enforces_the_line_limit_in_force_when_the_batch_runs(make_batch, settings):
+    # Accepted at upload under the limit of the time; the limit was lowered before a worker ran it.
+    batch = make_batch(chat_lines(5, "acme:m"))
+    settings.BATCH_MAX_LINES = 3
+    assert runner.run_batch(batch.pk) == "failed"
+    batch.refresh_from_db()
+    assert batch.status == "failed" and batch.failed_at is not None
+    assert [(e["code"], e["line"]) for e in batch.errors["data"]] == [("too_many_requests", 4)]
+    assert "at most 3 requests" in batch.errors["data"][0]["message"]
+    assert batch.total == 0 and batch.output_file is None and batch.error_file is None
+    assert not BatchItem.objects.exists()
+
+
+# --- Retries of a line: backoff, Retry-After, connection errors and timeouts ------------------
+
+
+def attempts(upstream: Any, model: str) -> list[float]:
+    """When the upstream received each try of `model`'s lines (one line per model here)."""
+    return sorted(
+        r["time"]
+        for r in upstream.requests()
+        if r["path"].endswith("/completions") and r["body"]["model"] == model
+    )
+
+
+def error_lines(batch: Batch) -> dict[str, dict[str, Any]]:
+    batch.refresh_from_db()
+    assert batch.error_file is not None
+    with runner.open_result(batch.error_file) as handle:
+        return {row["custom_id"]: row for row in parse_jsonl(handle.read())}
+
+
+def test_a_failing_line_is_retried_after_growing_waits(
+    make_batch, batch_model, world, upstream, settings
+):
+    settings.BATCH_RETRY_BASE_SECONDS = base = 0.3
+    settings.BATCH_LINE_MAX_ATTEMPTS = 4
+    model = batch_model(world.org_a, "acme:broken", "fault-5xx")
+    batch = make_batch(jsonl([line("boom", model)]))
+    assert runner.run_batch(batch.pk) == "completed"
+    times = attempts(upstream, "fault-5xx")
+    assert len(times) == 4  # BATCH_LINE_MAX_ATTEMPTS tries, then the line fails
+    gaps = [later - earlier for earlier, later in zip(times, times[1:], strict=False)]
+    # Each wait is base x 2^(n-1) plus up to 25% jitter: at least that, and longer each time.
+    for n, gap in enumerate(gaps):
+        assert gap >= base * 2**n - 0.01, gaps
+    assert gaps[0] < gaps[1] < gaps[2], gaps
+    assert error_lines(batch)["boom"]["error"]["code"] == "upstream_error"
+
+
+def test_backoff_starts_at_the_setting_doubles_and_is_capped(settings):
+    settings.BATCH_RETRY_BASE_SECONDS = 2.0
+    for tries, floor in ((1, 2.0), (2, 4.0), (3, 8.0)):
+        waits = [runner._backoff(tries) for _ in range(50)]
+        assert all(floor <= wait <= floor * 1.25 for wait in waits)
+    assert runner._backoff(20) == runner.BACKOFF_MAX
+
+
+def test_an_upstream_429_is_retried_after_its_retry_after(
+    make_batch, batch_model, world, upstream, settings, monkeypatch
+):
+    # The stand-in upstream says `Retry-After: 7`; the cap is lowered so that the test is quick.
+    settings.BATCH_RETRY_BASE_SECONDS = 0.01
+    settings.BATCH_LINE_MAX_ATTEMPTS = 2
+    monkeypatch.setattr(runner, "RETRY_AFTER_MAX", 1.0)
+    model = batch_model(world.org_a, "acme:busy", "fault-429")
+    batch = make_batch(jsonl([line("busy", model)]))
+    assert runner.run_batch(batch.pk) == "completed"
+    first, second = attempts(upstream, "fault-429")
+    assert 0.95 <= second - first < 3.0  # Retry-After (capped), not the 0.01 s backoff
+    row = error_lines(batch)["busy"]
+    assert row["error"]["code"] == "rate_limited"
+    assert row["response"]["status_code"] == 429
+    # Below the cap the wait is the upstream's Retry-After; a bad one waits a second.
+    monkeypatch.setattr(runner, "RETRY_AFTER_MAX", 60.0)
+    assert runner._retry_after(RateLimited("x", headers={"Retry-After": "7"})) == 7.0
+    assert runner._retry_after(RateLimited("x", headers={"Retry-After": "3600"})) == 60.0
+    assert runner._retry_after(RateLimited("x", headers={"Retry-After": "soon"})) == 1.0
+
+
+def test_connection_errors_and_timeouts_are_retried_then_land_in_the_error_file(
+    make_batch, batch_model, world, upstream, settings
+):
+    settings.BATCH_RETRY_BASE_SECONDS = 0.05
+    reset = batch_model(world.org_a, "acme:reset", "fault-reset")
+    hang = batch_model(world.org_a, "acme:hang", "fault-hang", requestTimeoutMs=300)
+    fine = batch_model(world.org_a, "acme:up")
+    batch = make_batch(jsonl([line("reset", reset), line("hang", hang), line("fine", fine)]))
+    assert runner.run_batch(batch.pk) == "completed"
+    batch.refresh_from_db()
+    assert (batch.completed, batch.failed) == (1, 2)
+    tries = settings.BATCH_LINE_MAX_ATTEMPTS
+    # A connection dropped before any response is also sent once more by the upstream client
+    # itself (registry.upstream.send): two requests per try of the line.
+    assert len(attempts(upstream, "fault-reset")) == 2 * tries
+    assert len(attempts(upstream, "fault-hang")) == tries
+    failed = error_lines(batch)
+    assert set(failed) == {"reset", "hang"}
+    assert failed["reset"]["error"]["code"] == "upstream_error"
+    assert failed["reset"]["response"]["status_code"] == 502
+    assert failed["hang"]["error"]["code"] == "request_timeout"
+    assert failed["hang"]["response"]["status_code"] == 504
+    assert "connection" in failed["reset"]["error"]["message"].lower(), failed["reset"]
+    assert "in time" in failed["hang"]["error"]["message"], failed["hang"]
