@@ -1,26 +1,17 @@
-"""Django admin for files, batches and their items: for looking, not for editing (batches change
-state only through the API and the workers)."""
+"""Django admin for files, batches and their items: for looking only. Batches change state only
+through the API and the workers, and files are deleted through the API, which removes their
+stored bytes too."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.contrib import admin
-from django.http import HttpRequest
 
 from batches.models import Batch, BatchItem, File
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
+from orgs.admin import ViewOnlyAdmin
 
 
 @admin.register(File)
-class FileAdmin(ReadOnlyAdmin):
+class FileAdmin(ViewOnlyAdmin):
     list_display = ["public_id", "org", "end_user", "filename", "purpose", "bytes", "created_at"]
     list_filter = ["purpose", "org"]
     search_fields = ["public_id", "filename", "org__slug", "end_user"]
@@ -28,7 +19,7 @@ class FileAdmin(ReadOnlyAdmin):
 
 
 @admin.register(Batch)
-class BatchAdmin(ReadOnlyAdmin):
+class BatchAdmin(ViewOnlyAdmin):
     list_display = [
         "public_id",
         "org",
@@ -46,7 +37,7 @@ class BatchAdmin(ReadOnlyAdmin):
 
 
 @admin.register(BatchItem)
-class BatchItemAdmin(ReadOnlyAdmin):
+class BatchItemAdmin(ViewOnlyAdmin):
     list_display = ["batch", "line", "custom_id", "status", "attempts", "status_code"]
     list_filter = ["status"]
     search_fields = ["batch__public_id", "custom_id"]

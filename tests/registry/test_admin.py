@@ -210,15 +210,22 @@ def test_yaml_models_grants_and_auto_models_cannot_be_written_in_the_admin(
         "/admin/orgs/configgeneration/1/change/": {"value": "0"},
         "/admin/registry/healthstatus/add/": {"target": "yaml:cluster:chat-a"},
         "/admin/gateway/usagerecord/add/": {"endpoint": "completions"},
+        f"/admin/batches/file/{File.objects.get().pk}/delete/": {"post": "yes"},
+        f"/admin/batches/batch/{Batch.objects.get().pk}/delete/": {"post": "yes"},
     }
     for url, data in refused.items():
         response = admin_client.post(url, data)
         assert response.status_code in (403, 405), url
     # Bulk deletion is not offered for what only the services may write.
-    for name, model in (("clustergrant", ClusterGrant), ("automodel", AutoModel)):
+    for path, model in (
+        ("registry/clustergrant", ClusterGrant),
+        ("registry/automodel", AutoModel),
+        ("batches/file", File),
+        ("batches/batch", Batch),
+    ):
         pks = [str(pk) for pk in model.objects.values_list("pk", flat=True)]
         data = {"action": "delete_selected", "_selected_action": pks, "post": "yes"}
-        admin_client.post(f"/admin/registry/{name}/", data)
+        admin_client.post(f"/admin/{path}/", data)
     assert everything() == before
 
 
