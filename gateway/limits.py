@@ -21,6 +21,7 @@ from django.conf import settings
 
 from orgs.auth import Caller
 from orgs.errors import RateLimited, ServiceUnavailable
+from orgs.perloop import PerLoop
 from registry.resolve import Route
 
 # Redis's own clock stamps every request, so that processes and hosts with skewed clocks share
@@ -121,18 +122,19 @@ class _LocalWindows:
 
 
 _local = _LocalWindows()
-_scripts: dict[int, Any] = {}
+
+
+def _register_script() -> Any:
+    from orgs.generation import _async_redis
+
+    return _async_redis().register_script(_SCRIPT)
+
+
+_scripts: PerLoop[Any] = PerLoop(_register_script)
 
 
 def _script() -> Any:
-    loop_id = id(asyncio.get_running_loop())
-    script = _scripts.get(loop_id)
-    if script is None:
-        from orgs.generation import _async_redis
-
-        script = _async_redis().register_script(_SCRIPT)
-        _scripts[loop_id] = script
-    return script
+    return _scripts.get()
 
 
 async def _try(limits: list[Limit]) -> tuple[int, float]:

@@ -15,11 +15,12 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 
+from orgs.perloop import PerLoop
+
 REDIS_KEY = "gw:config-generation"
 
 _lock = threading.Lock()
 _sync_client: Any = None
-_async_clients: dict[int, Any] = {}
 
 
 def _redis_url() -> str:
@@ -39,27 +40,27 @@ def _sync_redis() -> Any:
     return _sync_client
 
 
+def _new_async_redis() -> Any:
+    import redis.asyncio
+
+    # A bounded pool that waits for a free connection (briefly) instead of failing when
+    # thousands of requests arrive at once.
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
+        _redis_url(),
+        max_connections=64,
+        timeout=5,
+        socket_timeout=2,
+        socket_connect_timeout=2,
+    )
+    return redis.asyncio.Redis(connection_pool=pool)
+
+
+_async_clients: PerLoop[Any] = PerLoop(_new_async_redis)
+
+
 def _async_redis() -> Any:
     """One asyncio Redis client per event loop."""
-    import asyncio
-
-    loop_id = id(asyncio.get_running_loop())
-    client = _async_clients.get(loop_id)
-    if client is None:
-        import redis.asyncio
-
-        # A bounded pool that waits for a free connection (briefly) instead of failing when
-        # thousands of requests arrive at once.
-        pool = redis.asyncio.BlockingConnectionPool.from_url(
-            _redis_url(),
-            max_connections=64,
-            timeout=5,
-            socket_timeout=2,
-            socket_connect_timeout=2,
-        )
-        client = redis.asyncio.Redis(connection_pool=pool)
-        _async_clients[loop_id] = client
-    return client
+    return _async_clients.get()
 
 
 def _db_read() -> int:
@@ -121,18 +122,12 @@ class _NextRead:
                 future.set_result(value)
 
 
-_readers: dict[int, _NextRead] = {}
+_readers: PerLoop[_NextRead] = PerLoop(_NextRead)
 _tasks: set[Any] = set()
 
 
 async def acurrent() -> int:
-    import asyncio
-
-    loop_id = id(asyncio.get_running_loop())
-    reader = _readers.get(loop_id)
-    if reader is None:
-        reader = _readers[loop_id] = _NextRead()
-    return await reader.get()
+    return await _readers.get().get()
 
 
 async def _read_now() -> int:

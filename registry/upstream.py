@@ -15,6 +15,7 @@ Error messages never carry secrets, header values or upstream bodies.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import os
@@ -32,6 +33,8 @@ from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 import httpcore
 import httpx
+
+from orgs.perloop import PerLoop
 
 logger = logging.getLogger(__name__)
 
@@ -780,38 +783,35 @@ class _Transport(httpx.AsyncHTTPTransport):
         )
 
 
-_async_clients: dict[tuple[int, int, bool], httpx.AsyncClient] = {}
+def _new_async_client(trusted: bool) -> httpx.AsyncClient:
+    from django.conf import settings
+
+    connect = float(getattr(settings, "UPSTREAM_CONNECT_TIMEOUT", 5.0))
+    read = float(getattr(settings, "UPSTREAM_READ_TIMEOUT", 120.0))
+    limits = httpx.Limits(max_connections=2000, max_keepalive_connections=500, keepalive_expiry=30)
+    return httpx.AsyncClient(
+        follow_redirects=False,
+        trust_env=False,
+        timeout=httpx.Timeout(read, connect=connect, pool=connect),
+        limits=limits,
+        transport=_Transport(limits=limits, guarded=not trusted),
+    )
+
+
+_async_clients = {
+    trusted: PerLoop(functools.partial(_new_async_client, trusted)) for trusted in (True, False)
+}
 
 
 def get_async_client(*, trusted: bool = True) -> httpx.AsyncClient:
-    """The shared ``httpx.AsyncClient`` for upstream calls (one per process and event loop).
+    """The shared ``httpx.AsyncClient`` for upstream calls (one per event loop, and per kind).
 
     ``trusted=False`` (org-registered models) connects only to addresses that pass the SSRF
     rules, checked after DNS resolution at every new connection. Redirects are never followed
     and proxy environment variables are ignored. Timeouts come from
     ``settings.UPSTREAM_CONNECT_TIMEOUT`` / ``UPSTREAM_READ_TIMEOUT`` (seconds).
     """
-    import asyncio
-
-    from django.conf import settings
-
-    key = (os.getpid(), id(asyncio.get_running_loop()), trusted)
-    client = _async_clients.get(key)
-    if client is None:
-        connect = float(getattr(settings, "UPSTREAM_CONNECT_TIMEOUT", 5.0))
-        read = float(getattr(settings, "UPSTREAM_READ_TIMEOUT", 120.0))
-        limits = httpx.Limits(
-            max_connections=2000, max_keepalive_connections=500, keepalive_expiry=30
-        )
-        client = httpx.AsyncClient(
-            follow_redirects=False,
-            trust_env=False,
-            timeout=httpx.Timeout(read, connect=connect, pool=connect),
-            limits=limits,
-            transport=_Transport(limits=limits, guarded=not trusted),
-        )
-        _async_clients[key] = client
-    return client
+    return _async_clients[trusted].get()
 
 
 # --------------------------------------------------------------------------------------------
