@@ -86,9 +86,17 @@ def _list(rows: list[Any], has_more: bool, shape: Any) -> dict[str, Any]:
     }
 
 
+def _param(request: HttpRequest, name: str) -> str | None:
+    """A query parameter given at most once (None when absent)."""
+    values = request.GET.getlist(name)
+    if len(values) > 1:
+        raise InvalidRequest(f"{name} may be given only once", param=name)
+    return values[0] if values else None
+
+
 def _limit(request: HttpRequest, default: int, maximum: int) -> int:
-    raw = request.GET.get("limit")
-    if raw is None or raw == "":
+    raw = _param(request, "limit")
+    if raw is None:
         return default
     try:
         value = int(raw)
@@ -131,15 +139,17 @@ def upload_file(request: HttpRequest, caller: Caller) -> dict[str, Any]:
 
 
 def list_files(request: HttpRequest, caller: Caller) -> dict[str, Any]:
-    order = request.GET.get("order", "desc")  # an empty value is not asc or desc either
+    order = _param(request, "order")
+    if order is None:
+        order = "desc"  # an empty value is not asc or desc either: refused below
     if order not in ("asc", "desc"):
         raise InvalidRequest(f"order must be asc or desc, not {order[:32]!r}", param="order")
-    purpose = request.GET.get("purpose")
+    purpose = _param(request, "purpose")
     if purpose is not None and purpose not in Purpose.values:
         raise InvalidRequest(f"unknown purpose {purpose[:32]!r}", param="purpose")
     rows, has_more = services.page(
         services.file_queryset(caller, purpose),
-        after=request.GET.get("after") or None,
+        after=_param(request, "after") or None,
         limit=_limit(request, FILES_MAX_LIMIT, FILES_MAX_LIMIT),
         descending=order == "desc",
     )
@@ -182,7 +192,7 @@ def create_batch(request: HttpRequest, caller: Caller) -> dict[str, Any]:
 def list_batches(request: HttpRequest, caller: Caller) -> dict[str, Any]:
     rows, has_more = services.page(
         services.batch_queryset(caller),
-        after=request.GET.get("after") or None,
+        after=_param(request, "after") or None,
         limit=_limit(request, 20, BATCHES_MAX_LIMIT),
     )
     return _list(rows, has_more, batch_object)

@@ -169,7 +169,14 @@ def test_list_pages_newest_first(world, sdk_for, http, input_file):
     assert [b.id for b in page.data] == ids[2:4] and page.has_more is True
     raw = http.get(BATCHES, headers=auth(world.bob), params={"limit": 1000}).json()
     assert (raw["object"], raw["first_id"], raw["last_id"]) == ("list", ids[0], ids[-1])
-    for params in ({"limit": 0}, {"limit": "x"}, {"after": "batch_nope"}):
+    for params in (
+        {"limit": 0},
+        {"limit": "x"},
+        {"limit": ""},
+        {"limit": ["1", "2"]},
+        {"after": "batch_nope"},
+        {"after": [ids[0], ids[1]]},
+    ):
         assert http.get(BATCHES, headers=auth(world.bob), params=params).status_code == 400
     # Another org sees none of them, and A's cursor means nothing to it.
     assert sdk_for(world.dave).llm.batches.list().data == []

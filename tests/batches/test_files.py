@@ -231,8 +231,20 @@ def test_pagination_follows_the_contract(world, sdk_for, http):
     raw = http.get(FILES, headers=auth(world.bob), params={"limit": 10**9}).json()
     assert (raw["first_id"], raw["last_id"], raw["has_more"]) == (ids[-1], ids[0], False)
     assert raw["object"] == "list"
-    for params in ({"limit": 0}, {"limit": -1}, {"limit": "abc"}, {"order": "up"}):
-        assert http.get(FILES, headers=auth(world.bob), params=params).status_code == 400
+    for params in (
+        {"limit": 0},
+        {"limit": -1},
+        {"limit": "abc"},
+        {"limit": ""},
+        {"limit": ["2", "3"]},
+        {"order": "up"},
+        {"order": ["asc", "desc"]},
+        {"purpose": ["batch", "batch"]},
+        {"after": [ids[0], ids[1]]},
+    ):
+        refused = http.get(FILES, headers=auth(world.bob), params=params)
+        assert refused.status_code == 400, params
+        assert refused.json()["error"]["param"] == next(iter(params)), refused.json()
     unknown = http.get(FILES, headers=auth(world.bob), params={"after": "file-nope"})
     assert unknown.status_code == 400
     assert sdk.llm.files.list(purpose="vision").data == []
