@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from registry.models import HealthStatus, RegistryModel
+from registry.models import HealthStatus, ModelAlias, RegistryModel
 from registry.services import put_grants
 
 PATHS = ["/api/v1/llm/models/registry", "/api/v1/llm/models"]
@@ -35,10 +35,21 @@ def grow_to(org: Any, make_model: Any, total: int) -> None:
         row.hidden = index % 7 == 0
         if row.hidden:
             row.definition["hidden"] = True
+        if index % 5 == 0:  # every fifth model has an alias (a row per alias, as add_model makes)
+            row.definition["aliases"] = [f"acme-alias-{index:04d}"]
         row.created_at = row.updated_at = now + timedelta(microseconds=index)
         rows.append(row)
     RegistryModel.objects.bulk_create(rows)
     created = RegistryModel.objects.filter(org=org).order_by("registry_id")
+    ModelAlias.objects.bulk_create(
+        [
+            ModelAlias(org=org, alias=alias, model=m)
+            for m in created
+            for alias in m.definition.get("aliases", [])
+            if m.registry_id != "acme:m0000"
+            and not ModelAlias.objects.filter(org=org, alias=alias).exists()
+        ]
+    )
     HealthStatus.objects.bulk_create(
         [
             HealthStatus(target=m.health_key, is_available=index % 2 == 0, checked_at=now)
@@ -78,6 +89,7 @@ def test_listing_costs_the_same_queries_for_5_and_500_models(
     data = client.get(path, HTTP_AUTHORIZATION=f"Bearer {token}").json()["data"]
     ids = [item["id"] for item in data]
     assert ids == sorted(ids)
+    assert ModelAlias.objects.filter(org=world.org_a).count() >= 99  # aliases were listed too
     if path.endswith("/registry"):
         assert len(data) == 500 + 3
     else:
