@@ -3,11 +3,11 @@ feeds the worker, so both agree on line numbers (1-based, blank lines counted, C
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
+
+from orgs.jsonapi import strict_loads
 
 BOM = b"\xef\xbb\xbf"
 
@@ -28,24 +28,13 @@ class Line:
     value: dict[str, Any]
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _parse_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"number {text} is out of range")
-    return value
-
-
 def parse_object(raw: bytes, number: int) -> dict[str, Any]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise LineError(number, "is not valid UTF-8") from None
     try:
-        value = json.loads(text, parse_constant=_reject_constant, parse_float=_parse_float)
+        value = strict_loads(text)
     except ValueError as exc:
         raise LineError(number, f"is not valid JSON ({exc})") from None
     if not isinstance(value, dict):

@@ -566,6 +566,18 @@ class StreamState:
     created: int = 0
     first_chunk_at: float | None = None
 
+    def record_usage(self, call: ChatCall, *, status: int, error: str) -> None:
+        """The stream's usage row, however it ended."""
+        totals = self.final_usage(call)
+        record_usage(
+            call,
+            status=status,
+            prompt_tokens=totals["prompt_tokens"],
+            completion_tokens=totals["completion_tokens"],
+            ttft=self.first_chunk_at,
+            error=error,
+        )
+
     def final_usage(self, call: ChatCall) -> dict[str, int]:
         if _valid_usage(self.usage):
             assert self.usage is not None
@@ -707,15 +719,7 @@ async def openai_events(
         status, error = 499, "client closed the connection"
         raise
     finally:
-        totals = state.final_usage(call)
-        record_usage(
-            call,
-            status=status,
-            prompt_tokens=totals["prompt_tokens"],
-            completion_tokens=totals["completion_tokens"],
-            ttft=state.first_chunk_at,
-            error=error,
-        )
+        state.record_usage(call, status=status, error=error)
 
 
 def orpc_message(index: int, chunk: dict[str, Any]) -> bytes:
@@ -773,12 +777,4 @@ async def orpc_chunks(call: ChatCall, response: upstream.UpstreamResponse) -> As
         status, error = 499, "cancelled"
         raise
     finally:
-        totals = state.final_usage(call)
-        record_usage(
-            call,
-            status=status,
-            prompt_tokens=totals["prompt_tokens"],
-            completion_tokens=totals["completion_tokens"],
-            ttft=state.first_chunk_at,
-            error=error,
-        )
+        state.record_usage(call, status=status, error=error)
