@@ -36,6 +36,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._loadgen import LoadResult, Request, percentile, run_load, run_until_complete
+from tests.gateway_process import gateway_command
 from tests.upstream_server import start_subprocess, stop_subprocess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -245,15 +246,8 @@ def manage(env: dict[str, str], *args: str, timeout: float = 300) -> str:
 
 
 def start_gateway(env: dict[str, str], port: int, log_path: Path) -> subprocess.Popen[bytes]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "dashboard.asgi:application",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
+    cmd = gateway_command(
+        port,
         "--workers",
         "2",
         "--loop",
@@ -263,7 +257,7 @@ def start_gateway(env: dict[str, str], port: int, log_path: Path) -> subprocess.
         "--no-access-log",
         "--log-level",
         "warning",
-    ]
+    )
     with open(log_path, "wb") as log:
         # Its own session: Ctrl-C reaches only this script, which stops the gateway in order.
         return subprocess.Popen(

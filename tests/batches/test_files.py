@@ -20,6 +20,7 @@ from meetkai_mka1 import errors
 from batches.models import Batch, File
 from tests.batches.conftest import ROOT, chat_lines, jsonl, line, parse_jsonl, upload, wait_until
 from tests.conftest import auth, free_port
+from tests.gateway_process import gateway_command
 
 FILES = "/api/v1/llm/files"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
@@ -533,8 +534,7 @@ def test_a_large_upload_is_never_held_in_memory(world, batch_env, tmp_path, chun
     }
     log = (tmp_path / "server.log").open("wb")
     server = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "dashboard.asgi:application", "--host", "127.0.0.1"]
-        + ["--port", str(port), "--lifespan", "off", "--log-level", "warning"],
+        gateway_command(port, "--lifespan", "off", "--log-level", "warning"),
         cwd=ROOT,
         env=env,
         stdout=log,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -26,6 +25,7 @@ import pytest
 from django.conf import settings as django_settings
 
 from tests.conftest import FIXTURES, auth, free_port, model_body
+from tests.gateway_process import gateway_command
 
 CHAT = "/api/v1/llm/chat/completions"
 STREAM = "/api/v1/llm/chat/completions/stream"
@@ -290,20 +290,7 @@ def _start_gateway(port: int) -> subprocess.Popen[bytes]:
         "CLUSTER_REGISTRY_PATH": str(FIXTURES / "cluster_registry.yaml"),
         "PYTHONUNBUFFERED": "1",
     }
-    cmd = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "dashboard.asgi:application",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--lifespan",
-        "off",
-        "--log-level",
-        "warning",
-    ]
+    cmd = gateway_command(port, "--lifespan", "off", "--log-level", "warning")
     return subprocess.Popen(
         cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )

@@ -14,7 +14,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +24,7 @@ import httpx
 from cryptography.fernet import Fernet
 
 from tests.conftest import FIXTURES, free_port
+from tests.gateway_process import gateway_command
 
 ROOT = Path(__file__).resolve().parents[2]
 # A production-like subprocess (DEBUG off) needs real keys; the test process uses the same ones.
@@ -164,21 +164,9 @@ class Gateway:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        cmd = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "dashboard.asgi:application",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--lifespan",
-            "off",
-            "--log-level",
-            "warning",
-            "--no-access-log",
-        ]
+        cmd = gateway_command(
+            self.port, "--lifespan", "off", "--log-level", "warning", "--no-access-log"
+        )
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
