@@ -21,6 +21,7 @@ def _connection(folder: Path, transport: str) -> Connection:
         transport_options={
             "data_folder_in": str(folder),
             "data_folder_out": str(folder),
+            "control_folder": str(folder.parent / "control"),  # kombu's default is the cwd
             "store_processed": False,
         },
     )
@@ -71,6 +72,7 @@ def test_published_messages_appear_whole(tmp_path: Path) -> None:
     assert seen  # the watcher did read messages while they were published
     assert sorted(received) == list(range(MESSAGES))
     assert [p.name for p in folder.iterdir() if not p.name.endswith(".msg")] == []
+    assert not (Path.cwd() / "control").exists()
 
 
 def test_settings_use_the_atomic_transport_for_the_embedded_broker() -> None:
