@@ -8,11 +8,15 @@ import logging
 import threading
 from typing import Any
 
+from django.db import InterfaceError, OperationalError
+
 from gateway.models import UsageRecord
 
 logger = logging.getLogger(__name__)
 FLUSH_INTERVAL = 1.0
 FLUSH_SIZE = 500
+# Records kept while the database is unreachable; beyond this the oldest are dropped.
+MAX_BUFFERED = 50_000
 
 _buffer: list[UsageRecord] = []
 _lock = threading.Lock()  # guards _buffer
@@ -36,12 +40,36 @@ def flush(*, background: bool = False) -> int:
         if background and _paused:
             return 0
         batch = _take()
-        if batch:
-            try:
-                UsageRecord.objects.bulk_create(batch, batch_size=500)
-            except Exception:
-                logger.exception("could not write %d usage records", len(batch))
+        if not batch:
+            return 0
+        try:
+            UsageRecord.objects.bulk_create(batch, batch_size=500)  # one transaction
+        except (OperationalError, InterfaceError) as exc:
+            # The database is unreachable (or the connection was cut): nothing was written, so
+            # the records wait for the next flush.
+            _put_back(batch)
+            logger.warning(
+                "could not write %d usage records, kept for the next try: the database is "
+                "unavailable (%s)",
+                len(batch),
+                type(exc).__name__,
+            )
+            return 0
+        except Exception:
+            logger.exception("could not write %d usage records", len(batch))
         return len(batch)
+
+
+def _put_back(batch: list[UsageRecord]) -> None:
+    """Return unwritten records to the front of the buffer, keeping at most MAX_BUFFERED."""
+    global _buffer
+    with _lock:
+        _buffer = batch + _buffer
+        overflow = len(_buffer) - MAX_BUFFERED
+        if overflow > 0:
+            del _buffer[:overflow]
+    if overflow > 0:
+        logger.warning("usage buffer full: dropped the %d oldest records", overflow)
 
 
 def pause_background_writes() -> None:
