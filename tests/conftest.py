@@ -6,6 +6,7 @@ Personas: org A (`org-acme`) has an admin key (alice), a member key (bob) and a 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import threading
@@ -91,6 +92,26 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def database_unreachable() -> Iterator[None]:
+    """Inside the block, this process's database connection points where nothing answers (a
+    free port on PostgreSQL, a missing directory on SQLite); it is restored afterwards."""
+    from django.db import connection
+
+    saved = dict(connection.settings_dict)
+    connection.close()
+    if connection.vendor == "postgresql":
+        connection.settings_dict["PORT"] = str(free_port())  # nothing listens there
+    else:
+        connection.settings_dict["NAME"] = "/nonexistent-dir/db.sqlite3"
+    try:
+        yield
+    finally:
+        connection.close()
+        connection.settings_dict.clear()
+        connection.settings_dict.update(saved)
 
 
 class _ThreadedServer(uvicorn.Server):

@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from django.db import connection
 
-from tests.conftest import free_port
+from tests.conftest import database_unreachable, free_port
 
 
 def test_healthy(client: Any, db: Any, settings: Any) -> None:
@@ -28,18 +27,8 @@ def test_redis_down_is_503_naming_it(client: Any, db: Any, settings: Any) -> Non
 @pytest.mark.django_db(transaction=True)
 def test_database_down_is_503_naming_it(client: Any, settings: Any) -> None:
     settings.REDIS_URL = ""
-    saved = dict(connection.settings_dict)
-    connection.close()
-    if connection.vendor == "postgresql":
-        connection.settings_dict["PORT"] = str(free_port())  # nothing listens there
-    else:
-        connection.settings_dict["NAME"] = "/nonexistent-dir/db.sqlite3"
-    try:
+    with database_unreachable():
         response = client.get("/healthz")
-    finally:
-        connection.close()
-        connection.settings_dict.clear()
-        connection.settings_dict.update(saved)
     assert response.status_code == 503
     assert response.json() == {
         "status": "unavailable",

@@ -6,11 +6,10 @@ from __future__ import annotations
 import logging
 
 import pytest
-from django.db import connection
 
 from gateway import usage
 from gateway.models import UsageRecord
-from tests.conftest import free_port
+from tests.conftest import database_unreachable
 
 
 def _fields(world, n: int) -> dict:
@@ -29,19 +28,8 @@ def test_a_flush_during_an_outage_keeps_the_records_for_the_next(world, caplog):
     before = UsageRecord.objects.count()
     for n in range(3):
         usage.record(**_fields(world, n))
-    saved = dict(connection.settings_dict)
-    connection.close()
-    if connection.vendor == "postgresql":
-        connection.settings_dict["PORT"] = str(free_port())  # nothing listens there
-    else:
-        connection.settings_dict["NAME"] = "/nonexistent-dir/db.sqlite3"
-    try:
-        with caplog.at_level(logging.WARNING, logger="gateway.usage"):
-            assert usage.flush() == 0
-    finally:
-        connection.close()
-        connection.settings_dict.clear()
-        connection.settings_dict.update(saved)
+    with database_unreachable(), caplog.at_level(logging.WARNING, logger="gateway.usage"):
+        assert usage.flush() == 0
     assert usage.pending() == 3
     messages = [r for r in caplog.records if r.name == "gateway.usage"]
     assert messages and all(r.exc_info is None for r in messages)  # a warning, no traceback
