@@ -187,10 +187,6 @@ def release_lock(health_key: str, token: str) -> None:
         cache.delete(key)
 
 
-def lock_held(health_key: str) -> bool:
-    return cache.get(_lock_key(health_key)) is not None
-
-
 def _to_dict(result: upstream.ProbeResult) -> dict[str, Any]:
     return dataclasses.asdict(result)
 
